@@ -1,0 +1,50 @@
+# Two commands set up everything on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PRESET ?= tiny
+
+.PHONY: all venv system-deps test test-fast demo serve bench export gpu-smoke clean
+
+all: test
+
+# torch first and pinned: a local CPU wheel. Unpinned, pip would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# perf_analyzer (shipped in the tritonclient wheel) links against Debian's libb64.
+system-deps:
+	@ldconfig -p | grep -q libb64.so.0d || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq libb64-0d >/dev/null; \
+	  else echo "perf_analyzer needs libb64: sudo apt-get install -y libb64-0d"; fi; }
+
+test: venv system-deps
+	$(BIN)/python -m pytest -q
+
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not server and not slow"
+
+export: venv
+	$(BIN)/python -m export --preset $(PRESET)
+
+demo: venv system-deps
+	$(BIN)/python -m clients.demo --preset $(PRESET)
+
+serve: venv
+	$(BIN)/python -m export.serve --preset $(PRESET)
+
+bench: venv system-deps
+	$(BIN)/python -m benchmarks.run
+
+gpu-smoke: venv
+	bash benchmarks/gpu_smoke.sh
+
+clean:
+	rm -rf artifacts

@@ -1,0 +1,1 @@
+"""Benchmarks: perf_analyzer sweeps, in-process limit, tau calibration, quality harness."""

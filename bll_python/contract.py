@@ -1,0 +1,67 @@
+"""The serving contract of ``adaptive_diffusion``: its request fields and response tensors.
+
+One description feeds the BLS ``config.pbtxt``, the BLS request parser, the client library and the
+README table. Every field is one value per request row (Triton dims ``[1]`` after the batch dim).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bll_python.settings import LIMITS, Strategy
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    dtype: str  # numpy spelling; "bytes" for Triton STRING
+    optional: bool
+    doc: str
+
+    @property
+    def triton_dtype(self) -> str:
+        return {"bytes": "TYPE_STRING", "float32": "TYPE_FP32", "int32": "TYPE_INT32", "int64": "TYPE_INT64", "uint8": "TYPE_UINT8"}[self.dtype]
+
+    @property
+    def client_dtype(self) -> str:
+        """tritonclient's datatype string."""
+        return {"bytes": "BYTES", "float32": "FP32", "int32": "INT32", "int64": "INT64", "uint8": "UINT8"}[self.dtype]
+
+    @property
+    def allowed(self) -> str:
+        if self.name in LIMITS:
+            return str(LIMITS[self.name])
+        if self.name == "strategy":
+            return " | ".join(s.value for s in Strategy)
+        return ""
+
+
+REQUEST_FIELDS: tuple[Field, ...] = (
+    Field("prompt", "bytes", False, "UTF-8 text; longer than 77 CLIP tokens is truncated as diffusers does (reported in the `truncated` response parameter)"),
+    Field("negative_prompt", "bytes", True, "UTF-8 text for the unconditional branch of classifier-free guidance (default empty)"),
+    Field("seed", "int64", True, "per-row seed; randomness equals diffusers' torch.Generator('cpu').manual_seed(seed) (default 0)"),
+    Field("guidance_scale", "float32", True, "classifier-free guidance for student and teacher (<= 1 disables CFG)"),
+    Field("student_steps", "int32", True, "student sampling steps"),
+    Field("teacher_steps", "int32", True, "teacher DPM-Solver++ steps actually run (refine runs the last teacher_steps of a teacher_steps/sigma schedule)"),
+    Field("tau", "float32", True, "ImageReward cut-off: rows scoring below go to the teacher; exclusive with k"),
+    Field("k", "float32", True, "percentile of the calibrated student scores to use as tau; exclusive with tau"),
+    Field("sigma", "float32", True, "refinement rollback strength (img2img strength)"),
+    Field("strategy", "bytes", True, "what to do with the rows below tau"),
+)
+
+# Response tensors; `image` dims are filled from the deployment (H, W, 3).
+RESPONSE_FIELDS: tuple[Field, ...] = (
+    Field("image", "uint8", False, "H x W x 3 RGB"),
+    Field("score", "float32", False, "ImageReward score of the student sample (teacher_only: of the teacher image)"),
+    Field("route", "bytes", False, "student | refined | regenerated | teacher"),
+    Field("unet_steps", "int32", False, "denoising steps spent on this image (a CFG step counts once)"),
+)
+
+SETTING_FIELDS = tuple(f.name for f in REQUEST_FIELDS if f.name not in ("prompt", "negative_prompt", "seed"))
+
+
+def field(name: str) -> Field:
+    for f in REQUEST_FIELDS + RESPONSE_FIELDS:
+        if f.name == name:
+            return f
+    raise KeyError(name)

@@ -1,0 +1,266 @@
+"""Algorithm 1 (supplement): the student draws, ImageReward gates, the teacher fixes the rejected rows.
+
+```
+x_S   = Student(prompt, noise)
+score = ImageReward(decode(x_S), prompt)
+if score >= tau:  return x_S
+refine:      return Teacher(prompt, from=add_noise(x_S, sigma))   # img2img, strength = sigma
+regenerate:  return Teacher(prompt, noise)                         # the same initial noise
+```
+
+Randomness follows diffusers so that a seed tuned there carries over: each row owns a
+``torch.Generator("cpu").manual_seed(seed)`` and draws, in order, its initial latents, the
+student's per-step noise, then the refinement noise. A row's result therefore depends only on its
+own prompt, seed and the shared settings, never on its batch neighbours.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from bll_python.deployment import Deployment, SchedulerRecipe
+from bll_python.engines import Engine, Engines
+from bll_python.settings import GenerationSettings, Route, SettingsError, Strategy
+from bll_python.text import PromptTokenizers
+
+StageObserver = Callable[[str, float, int], None]
+
+
+class Cancelled(RuntimeError):
+    """The caller asked to stop (e.g. the client cancelled); raised between denoising steps."""
+
+
+@dataclass
+class BatchResult:
+    images: np.ndarray  # uint8 [B, H, W, 3]
+    images_float: torch.Tensor  # float32 [B, 3, H, W] in [0, 1]
+    latents: torch.Tensor  # final latents [B, C, h, w]
+    student_latents: torch.Tensor | None
+    scores: np.ndarray  # float32 [B]: the gate's input (the student sample's score); teacher_only scores the teacher image
+    routes: list[Route]
+    unet_steps: np.ndarray  # int32 [B]: denoising steps spent on the row (a CFG step counts once)
+    truncated: list[bool]
+    tau: float | None
+    teacher_rows: list[int] = field(default_factory=list)
+
+
+def refine_schedule_length(teacher_steps: int, sigma: float) -> int:
+    """Smallest schedule length N whose img2img tail at ``strength=sigma`` is ``teacher_steps`` long.
+
+    diffusers' img2img runs the last ``int(N * strength)`` of N steps, so N ~ teacher_steps / sigma.
+    """
+    n = max(teacher_steps, math.ceil(teacher_steps / sigma - 1e-9))
+    while int(n * sigma) < teacher_steps:
+        n += 1
+    return n
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[B,3,H,W] in [0,1] -> uint8 [B,H,W,3], rounding as diffusers' ``numpy_to_pil`` does."""
+    return (images.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().clip(0, 255).astype(np.uint8)
+
+
+def guidance_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
+    """LCM's guidance-scale embedding (a sinusoid of ``(w - 1) * 1000``), as diffusers computes it."""
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline.get_guidance_scale_embedding(None, w, embedding_dim=dim)
+
+
+class _Sampler:
+    """One denoising run of a model with a diffusers scheduler (the two-verb interface)."""
+
+    def __init__(self, engine: Engine, recipe: SchedulerRecipe, guidance_scale: float, uses_cfg: bool, cond_dim: int | None) -> None:
+        self.engine = engine
+        self.recipe = recipe
+        self.scheduler = recipe.build()
+        self.guidance_scale = guidance_scale
+        self.cfg = uses_cfg and guidance_scale > 1.0 and cond_dim is None
+        self.cond_dim = cond_dim
+        self._step_takes_generator = "generator" in inspect.signature(self.scheduler.step).parameters
+
+    def set_timesteps(self, n: int, device: torch.device) -> None:
+        self.scheduler.set_timesteps(n, device=device, **self.recipe.set_timesteps_kwargs)
+
+    def denoise(
+        self,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        text: torch.Tensor,
+        uncond: torch.Tensor | None,
+        generators: list[torch.Generator],
+        check_cancelled: Callable[[], None],
+    ) -> torch.Tensor:
+        rows = latents.shape[0]
+        context = torch.cat([uncond, text]) if self.cfg else text
+        extra: dict[str, torch.Tensor] = {}
+        if self.cond_dim:
+            w = torch.full((rows,), self.guidance_scale - 1.0)
+            extra["timestep_cond"] = guidance_embedding(w, self.cond_dim).to(latents.device, latents.dtype)
+        step_kwargs = dict(self.recipe.step_kwargs)
+        if self._step_takes_generator:
+            step_kwargs["generator"] = generators
+        for t in timesteps:
+            check_cancelled()
+            x = torch.cat([latents, latents]) if self.cfg else latents
+            x = self.scheduler.scale_model_input(x, t)
+            tt = t.to(torch.float32).expand(x.shape[0])
+            noise = self.engine({"sample": x, "timestep": tt, "encoder_hidden_states": context, **extra})["noise_pred"].to(latents.dtype)
+            if self.cfg:
+                uncond_noise, text_noise = noise.chunk(2)
+                noise = uncond_noise + self.guidance_scale * (text_noise - uncond_noise)
+            latents = self.scheduler.step(noise, t, latents, return_dict=False, **step_kwargs)[0]
+        return latents
+
+
+class AdaptivePipeline:
+    """Runs Algorithm 1 on a batch of prompts against any :class:`Engines` implementation."""
+
+    def __init__(self, engines: Engines, deployment: Deployment, tokenizers: PromptTokenizers, device: str | torch.device = "cpu") -> None:
+        self.engines = engines
+        self.deployment = deployment
+        self.tokenizers = tokenizers
+        self.device = torch.device(device)
+        self.latent_shape = (deployment.latent_channels, deployment.latent_size, deployment.latent_size)
+
+    # ----------------------------------------------------------------- stages
+
+    def encode_text(self, ids: np.ndarray) -> torch.Tensor:
+        return self.engines.text_encoder({"input_ids": torch.from_numpy(ids).to(self.device)})["text_embeddings"]
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.engines.vae_decoder({"latent": latents})["image"]
+
+    def score(self, images: torch.Tensor, reward_ids: np.ndarray, reward_mask: np.ndarray) -> torch.Tensor:
+        inputs = {"image": images, "reward_input_ids": torch.from_numpy(reward_ids), "reward_attention_mask": torch.from_numpy(reward_mask)}
+        return self.engines.image_reward(inputs)["score"].float().reshape(-1)
+
+    def initial_noise(self, generators: list[torch.Generator]) -> torch.Tensor:
+        # A list of generators draws each row from its own generator, as diffusers' prepare_latents does.
+        return randn_tensor((len(generators), *self.latent_shape), generator=generators, device=self.device, dtype=torch.float32)
+
+    # ----------------------------------------------------------------- main
+
+    def __call__(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        settings: GenerationSettings | None = None,
+        negative_prompts: Sequence[str] | None = None,
+        *,
+        on_stage: StageObserver | None = None,
+        check_cancelled: Callable[[], None] | None = None,
+    ) -> BatchResult:
+        s = settings or self.deployment.defaults
+        n = len(prompts)
+        if n == 0:
+            raise SettingsError("prompt", "empty batch")
+        if len(seeds) != n:
+            raise SettingsError("seed", f"{len(seeds)} seeds for {n} prompts")
+        negative = list(negative_prompts) if negative_prompts is not None else [""] * n
+        tau = self.deployment.resolve_tau(s) if s.strategy.is_adaptive else None
+        check = check_cancelled or (lambda: None)
+        observe = on_stage or (lambda *_: None)
+
+        def timed(stage: str, rows: int, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+            start = time.perf_counter()
+            out = fn()
+            observe(stage, time.perf_counter() - start, rows)
+            return out
+
+        tokens = self.tokenizers(list(prompts))
+        neg_ids, _ = self.tokenizers.clip_ids(negative)
+        embeddings = timed("text", 2 * n, lambda: self.encode_text(np.concatenate([neg_ids, tokens.clip_ids])))
+        uncond, text = embeddings[:n], embeddings[n:]
+        generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
+        noise = self.initial_noise(generators)
+        steps = np.zeros(n, dtype=np.int32)
+        routes = [Route.STUDENT] * n
+        student_latents = None
+        teacher_rows: list[int] = []
+
+        if s.strategy is Strategy.TEACHER_ONLY:
+            latents = timed("teacher", n, lambda: self._teacher_from_noise(noise, text, uncond, generators, s, check))
+            steps += s.teacher_steps
+            routes = [Route.TEACHER] * n
+            teacher_rows = list(range(n))
+            images = timed("decode", n, lambda: self.decode(latents))
+            scores = timed("reward", n, lambda: self.score(images, tokens.reward_ids, tokens.reward_mask))
+        else:
+            student = self._sampler(self.engines.unet_student, self.deployment.student_scheduler, s.guidance_scale, self.deployment.student_uses_cfg, self.deployment.timestep_cond_dim)
+            student.set_timesteps(s.student_steps, self.device)
+            x = noise * student.scheduler.init_noise_sigma
+            latents = timed("student", n, lambda: student.denoise(x, student.scheduler.timesteps, text, uncond, generators, check))
+            student_latents = latents
+            steps += len(student.scheduler.timesteps)
+            images = timed("decode", n, lambda: self.decode(latents))
+            scores = timed("reward", n, lambda: self.score(images, tokens.reward_ids, tokens.reward_mask))
+            if s.strategy.is_adaptive:
+                teacher_rows = [i for i in range(n) if float(scores[i]) < tau]
+            if teacher_rows:
+                idx = torch.tensor(teacher_rows, device=latents.device)
+                rows_g = [generators[i] for i in teacher_rows]
+                if s.strategy is Strategy.REFINE:
+                    fixed, used = timed("teacher", len(teacher_rows), lambda: self._teacher_refine(latents[idx], text[idx], uncond[idx], rows_g, s, check))
+                    route = Route.REFINED
+                else:
+                    fixed = timed("teacher", len(teacher_rows), lambda: self._teacher_from_noise(noise[idx], text[idx], uncond[idx], rows_g, s, check))
+                    used, route = s.teacher_steps, Route.REGENERATED
+                fixed_images = timed("decode", len(teacher_rows), lambda: self.decode(fixed))
+                latents = latents.clone()
+                images = images.clone()
+                latents[idx] = fixed.to(latents.dtype)
+                images[idx] = fixed_images.to(images.dtype)
+                for i in teacher_rows:
+                    routes[i] = route
+                    steps[i] += used
+
+        return BatchResult(
+            images=to_uint8(images),
+            images_float=images,
+            latents=latents,
+            student_latents=student_latents,
+            scores=scores.cpu().numpy().astype(np.float32),
+            routes=routes,
+            unet_steps=steps,
+            truncated=tokens.truncated,
+            tau=tau,
+            teacher_rows=teacher_rows,
+        )
+
+    # ----------------------------------------------------------------- teacher
+
+    def _sampler(self, engine: Engine, recipe: SchedulerRecipe, guidance: float, uses_cfg: bool, cond_dim: int | None) -> _Sampler:
+        return _Sampler(engine, recipe, guidance, uses_cfg, cond_dim)
+
+    def _teacher(self, s: GenerationSettings) -> _Sampler:
+        return self._sampler(self.engines.unet_teacher, self.deployment.teacher_scheduler, s.guidance_scale, True, None)
+
+    def _teacher_from_noise(self, noise, text, uncond, generators, s: GenerationSettings, check) -> torch.Tensor:
+        teacher = self._teacher(s)
+        teacher.set_timesteps(s.teacher_steps, self.device)
+        return teacher.denoise(noise * teacher.scheduler.init_noise_sigma, teacher.scheduler.timesteps, text, uncond, generators, check)
+
+    def _teacher_refine(self, student_latents, text, uncond, generators, s: GenerationSettings, check) -> tuple[torch.Tensor, int]:
+        """img2img in latent space: noise the student latent to ``strength=sigma``, run the tail."""
+        teacher = self._teacher(s)
+        sched = teacher.scheduler
+        total = refine_schedule_length(s.teacher_steps, s.sigma)
+        teacher.set_timesteps(total, self.device)
+        # diffusers' StableDiffusionImg2ImgPipeline.get_timesteps, step for step.
+        init_timestep = min(int(total * s.sigma), total)
+        t_start = max(total - init_timestep, 0)
+        timesteps = sched.timesteps[t_start * sched.order :]
+        if hasattr(sched, "set_begin_index"):
+            sched.set_begin_index(t_start * sched.order)
+        noise = randn_tensor(student_latents.shape, generator=generators, device=self.device, dtype=student_latents.dtype)
+        start = sched.add_noise(student_latents, noise, timesteps[:1].repeat(student_latents.shape[0]))
+        return teacher.denoise(start, timesteps, text, uncond, generators, check), len(timesteps)

@@ -1,0 +1,163 @@
+"""Request parsing and batch assembly for the BLS model, with no Triton import.
+
+Triton hands ``execute`` a list of requests (dynamic batching). Each is parsed on its own, so a bad
+one gets its own error; the good rows are grouped by settings and run through the pipeline in
+batches of at most ``max_rows``; results are scattered back to their requests.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from bll_python.contract import REQUEST_FIELDS, SETTING_FIELDS
+from bll_python.pipeline import AdaptivePipeline, Cancelled, StageObserver
+from bll_python.settings import GenerationSettings, SettingsError, check_number
+
+_FIELDS = {f.name: f for f in REQUEST_FIELDS}
+_NUMERIC_KINDS = {"float32": "f", "int32": "iu", "int64": "iu"}
+
+
+@dataclass
+class Row:
+    prompt: str
+    negative_prompt: str
+    seed: int
+    settings: GenerationSettings
+
+
+@dataclass
+class RequestResult:
+    images: np.ndarray  # uint8 [b, H, W, 3]
+    scores: np.ndarray  # float32 [b, 1]
+    routes: np.ndarray  # object (bytes) [b, 1]
+    unet_steps: np.ndarray  # int32 [b, 1]
+    truncated: list[bool] = field(default_factory=list)
+
+
+def _text(name: str, value: object) -> str:
+    if isinstance(value, (bytes, np.bytes_)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise SettingsError(name, f"is not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    if isinstance(value, str):
+        return value
+    raise SettingsError(name, f"expected UTF-8 bytes (Triton BYTES), got {type(value).__name__}")
+
+
+def _column(name: str, array: np.ndarray, rows: int | None) -> np.ndarray:
+    spec = _FIELDS[name]
+    if array.ndim != 2 or array.shape[1] != 1:
+        raise SettingsError(name, f"expected shape [batch, 1], got {list(array.shape)}")
+    if rows is not None and array.shape[0] != rows:
+        raise SettingsError(name, f"has {array.shape[0]} rows but prompt has {rows}")
+    if spec.dtype == "bytes":
+        if array.dtype != np.object_ and array.dtype.kind not in "SU":
+            raise SettingsError(name, f"expected BYTES, got {array.dtype}")
+    elif array.dtype.kind not in _NUMERIC_KINDS[spec.dtype]:
+        raise SettingsError(name, f"expected {spec.client_dtype}, got {array.dtype}")
+    return array[:, 0]
+
+
+def parse_request(tensors: Mapping[str, np.ndarray | None], defaults: GenerationSettings) -> list[Row]:
+    """One request's tensors (``name -> [b, 1]`` array, or None when absent) to validated rows."""
+    unknown = sorted(set(k for k, v in tensors.items() if v is not None) - set(_FIELDS))
+    if unknown:
+        raise SettingsError(unknown[0], "is not an input of adaptive_diffusion")
+    if tensors.get("prompt") is None:
+        raise SettingsError("prompt", "is required")
+    prompts = [_text("prompt", p) for p in _column("prompt", tensors["prompt"], None)]
+    b = len(prompts)
+    if b == 0:
+        raise SettingsError("prompt", "empty batch")
+    for p in prompts:
+        if not p.strip():
+            raise SettingsError("prompt", "must not be empty")
+    columns = {name: _column(name, tensors[name], b) for name in _FIELDS if name != "prompt" and tensors.get(name) is not None}
+    negatives = [_text("negative_prompt", v) for v in columns["negative_prompt"]] if "negative_prompt" in columns else [""] * b
+    seeds = [check_number("seed", int(v)) for v in columns["seed"]] if "seed" in columns else [0] * b
+    rows = []
+    for i in range(b):
+        given: dict[str, object] = {}
+        for name in SETTING_FIELDS:
+            if name not in columns:
+                continue
+            value = columns[name][i]
+            if _FIELDS[name].dtype == "bytes":
+                given[name] = _text(name, value)
+            else:
+                number = value.item()
+                if isinstance(number, float) and math.isnan(number):
+                    raise SettingsError(name, "is NaN")
+                given[name] = number
+        rows.append(Row(prompts[i], negatives[i], seeds[i], GenerationSettings.from_mapping(given, defaults)))
+    return rows
+
+
+class BatchRunner:
+    """Groups rows of many requests by settings and runs each group through the pipeline."""
+
+    def __init__(self, pipeline: AdaptivePipeline, max_rows: int) -> None:
+        self.pipeline = pipeline
+        self.max_rows = max_rows
+
+    def run(
+        self,
+        requests: Sequence[list[Row] | Exception],
+        *,
+        on_stage: StageObserver | None = None,
+        cancelled: Callable[[int], bool] | None = None,
+        on_batch: Callable[[Sequence[Row], object], None] | None = None,
+    ) -> list[RequestResult | Exception]:
+        """``cancelled(i)`` tells whether request i was cancelled; its rows stop at the next step."""
+        results: list[RequestResult | Exception | None] = [r if isinstance(r, Exception) else None for r in requests]
+        groups: dict[tuple, list[tuple[int, int]]] = {}
+        for i, rows in enumerate(requests):
+            if isinstance(rows, Exception):
+                continue
+            for j, row in enumerate(rows):
+                groups.setdefault(row.settings.key(), []).append((i, j))
+        outputs: dict[tuple[int, int], tuple] = {}
+        for members in groups.values():
+            for start in range(0, len(members), self.max_rows):
+                chunk = members[start : start + self.max_rows]
+                owners = sorted({i for i, _ in chunk})
+                rows = [requests[i][j] for i, j in chunk]  # type: ignore[index]
+
+                def check() -> None:
+                    if cancelled and all(cancelled(i) for i in owners):
+                        raise Cancelled("cancelled by the client")
+
+                try:
+                    out = self.pipeline(
+                        [r.prompt for r in rows],
+                        seeds=[r.seed for r in rows],
+                        settings=rows[0].settings,
+                        negative_prompts=[r.negative_prompt for r in rows],
+                        on_stage=on_stage,
+                        check_cancelled=check,
+                    )
+                except Exception as e:  # one failing group must not take the others down
+                    for i in owners:
+                        results[i] = e
+                    continue
+                if on_batch:
+                    on_batch(rows, out)
+                for k, key in enumerate(chunk):
+                    outputs[key] = (out.images[k], out.scores[k], out.routes[k].value, out.unet_steps[k], out.truncated[k])
+        for i, rows in enumerate(requests):
+            if results[i] is not None or isinstance(rows, Exception):
+                continue
+            parts = [outputs[(i, j)] for j in range(len(rows))]
+            results[i] = RequestResult(
+                images=np.stack([p[0] for p in parts]),
+                scores=np.array([[p[1]] for p in parts], dtype=np.float32),
+                routes=np.array([[p[2].encode()] for p in parts], dtype=np.object_),
+                unet_steps=np.array([[p[3]] for p in parts], dtype=np.int32),
+                truncated=[bool(p[4]) for p in parts],
+            )
+        return results  # type: ignore[return-value]

@@ -1,0 +1,212 @@
+"""Component tensor specs: the one place a tensor's name, dtype and shape is written.
+
+Every consumer derives what it needs from these objects:
+ONNX export (input/output names, dynamic axes, sample inputs), TensorRT profiles,
+``config.pbtxt`` and the runtime bindings of every engine (torch, ONNX Runtime, Triton, TensorRT).
+
+A dim is either an int (fixed for a deployment, e.g. latent channels) or a symbol such as
+``"B"`` whose min/opt/max range is given by a :class:`SymbolRange` in the component's profile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+
+Dim = int | str
+
+# dtype names as numpy spells them; the other spellings are derived below.
+_NUMPY = {"float32": np.float32, "float16": np.float16, "int32": np.int32, "int64": np.int64, "uint8": np.uint8}
+_TRITON = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int32": "TYPE_INT32", "int64": "TYPE_INT64", "uint8": "TYPE_UINT8"}
+
+BATCH = "B"
+
+
+@dataclass(frozen=True)
+class SymbolRange:
+    min: int
+    opt: int
+    max: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min <= self.opt <= self.max:
+            raise ValueError(f"need 1 <= min <= opt <= max, got {self}")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    dims: tuple[Dim, ...]
+
+    def __post_init__(self) -> None:
+        if self.dtype not in _NUMPY:
+            raise ValueError(f"{self.name}: unsupported dtype {self.dtype!r}")
+
+    @property
+    def numpy_dtype(self) -> type:
+        return _NUMPY[self.dtype]
+
+    @property
+    def triton_dtype(self) -> str:
+        return _TRITON[self.dtype]
+
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        return tuple(d for d in self.dims if isinstance(d, str))
+
+    def shape(self, sizes: Mapping[str, int]) -> tuple[int, ...]:
+        """Concrete shape with each symbol replaced by ``sizes[symbol]``."""
+        return tuple(sizes[d] if isinstance(d, str) else d for d in self.dims)
+
+    def dynamic_axes(self) -> dict[int, str]:
+        return {i: d for i, d in enumerate(self.dims) if isinstance(d, str)}
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """One deployable model: its tensors and the ranges of its symbolic dims."""
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    profile: Mapping[str, SymbolRange] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for t in self.inputs + self.outputs:
+            missing = [s for s in t.symbols if s not in self.profile]
+            if missing:
+                raise ValueError(f"{self.name}.{t.name}: symbols {missing} have no range in the profile")
+        if self.inputs and self.inputs[0].dims[:1] != (BATCH,):
+            raise ValueError(f"{self.name}: the first input must lead with the batch axis {BATCH!r}")
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    @property
+    def max_batch(self) -> int:
+        return self.profile[BATCH].max
+
+    def tensor(self, name: str) -> TensorSpec:
+        for t in self.inputs + self.outputs:
+            if t.name == name:
+                return t
+        raise KeyError(f"{self.name} has no tensor {name!r}; it has {self.input_names + self.output_names}")
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        """torch.onnx.export's ``dynamic_axes`` argument."""
+        return {t.name: t.dynamic_axes() for t in self.inputs + self.outputs if t.symbols}
+
+    def sizes(self, which: str = "opt", **overrides: int) -> dict[str, int]:
+        sizes = {s: getattr(r, which) for s, r in self.profile.items()}
+        sizes.update(overrides)
+        return sizes
+
+    def input_shapes(self, which: str) -> dict[str, tuple[int, ...]]:
+        """Input shapes at the profile's ``min``, ``opt`` or ``max`` point (a TensorRT profile row)."""
+        sizes = self.sizes(which)
+        return {t.name: t.shape(sizes) for t in self.inputs}
+
+    def sample_inputs(self, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+        """Random inputs of the right dtypes and shapes, for export tracing and parity checks."""
+        rng = np.random.default_rng(seed)
+        sizes = self.sizes(**{BATCH: batch})
+        out: dict[str, np.ndarray] = {}
+        for t in self.inputs:
+            shape = t.shape(sizes)
+            if t.dtype.startswith("int"):
+                high = _INT_SAMPLE_HIGH.get(t.name, 2)
+                out[t.name] = rng.integers(0, high, size=shape).astype(t.numpy_dtype)
+            elif t.name == "timestep":
+                out[t.name] = rng.uniform(0, 999, size=shape).round().astype(t.numpy_dtype)
+            elif t.name == "image":
+                out[t.name] = rng.uniform(0, 1, size=shape).astype(t.numpy_dtype)
+            else:
+                out[t.name] = rng.standard_normal(shape).astype(t.numpy_dtype)
+        return out
+
+
+# Integer inputs are token ids or masks; keep samples inside every vocabulary we ship.
+_INT_SAMPLE_HIGH = {"input_ids": 1000, "reward_input_ids": 1000, "reward_attention_mask": 2}
+
+
+# ---------------------------------------------------------------------------------------------
+# The five components. Their fixed dims come from the checkpoint's configs, so a spec is built
+# per deployment by these factories; tensor names live only here.
+# ---------------------------------------------------------------------------------------------
+
+COMPONENTS = ("text_encoder", "unet_student", "unet_teacher", "vae_decoder", "image_reward")
+
+
+def batch_range(max_batch: int, opt: int | None = None) -> SymbolRange:
+    return SymbolRange(1, opt or min(max_batch, 4), max_batch)
+
+
+def text_encoder_spec(*, seq_len: int, hidden: int, max_batch: int) -> ComponentSpec:
+    return ComponentSpec(
+        "text_encoder",
+        inputs=(TensorSpec("input_ids", "int32", (BATCH, seq_len)),),
+        outputs=(TensorSpec("text_embeddings", "float32", (BATCH, seq_len, hidden)),),
+        profile={BATCH: batch_range(max_batch)},
+    )
+
+
+def unet_spec(
+    name: str,
+    *,
+    latent_channels: int,
+    latent_size: int,
+    seq_len: int,
+    text_hidden: int,
+    max_batch: int,
+    timestep_cond_dim: int | None = None,
+) -> ComponentSpec:
+    """A denoiser; ``timestep` is per row so rows at different steps can share one call.
+
+    ``max_batch`` counts UNet rows, i.e. it already includes the doubling for CFG.
+    """
+    latent = (BATCH, latent_channels, latent_size, latent_size)
+    inputs = [
+        TensorSpec("sample", "float32", latent),
+        TensorSpec("timestep", "float32", (BATCH,)),
+        TensorSpec("encoder_hidden_states", "float32", (BATCH, seq_len, text_hidden)),
+    ]
+    if timestep_cond_dim:
+        inputs.append(TensorSpec("timestep_cond", "float32", (BATCH, timestep_cond_dim)))
+    return ComponentSpec(
+        name,
+        inputs=tuple(inputs),
+        outputs=(TensorSpec("noise_pred", "float32", latent),),
+        profile={BATCH: batch_range(max_batch, opt=min(max_batch, 8))},
+    )
+
+
+def vae_decoder_spec(*, latent_channels: int, latent_size: int, scale: int, max_batch: int) -> ComponentSpec:
+    """Latents in (already divided by nothing: the graph applies the VAE scaling factor), image in [0, 1] out."""
+    return ComponentSpec(
+        "vae_decoder",
+        inputs=(TensorSpec("latent", "float32", (BATCH, latent_channels, latent_size, latent_size)),),
+        outputs=(TensorSpec("image", "float32", (BATCH, 3, latent_size * scale, latent_size * scale)),),
+        profile={BATCH: batch_range(max_batch)},
+    )
+
+
+def image_reward_spec(*, image_size: int, text_len: int, max_batch: int) -> ComponentSpec:
+    """Decoded image in [0, 1] plus BERT tokens in, normalised ImageReward score out."""
+    return ComponentSpec(
+        "image_reward",
+        inputs=(
+            TensorSpec("image", "float32", (BATCH, 3, image_size, image_size)),
+            TensorSpec("reward_input_ids", "int32", (BATCH, text_len)),
+            TensorSpec("reward_attention_mask", "int32", (BATCH, text_len)),
+        ),
+        outputs=(TensorSpec("score", "float32", (BATCH,)),),
+        profile={BATCH: batch_range(max_batch)},
+    )

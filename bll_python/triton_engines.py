@@ -1,0 +1,60 @@
+"""Engines that call the component models from inside the BLS via ``pb_utils.InferenceRequest``.
+
+``pb_utils`` is passed in rather than imported: it only exists inside the Python backend stub,
+and this way the module stays importable (and testable with a fake) everywhere.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from bll_python.engines import ComponentError, Engines, Tensors, cast_inputs, run_in_chunks
+from bll_python.specs import ComponentSpec
+
+
+class TritonEngine:
+    def __init__(self, pb_utils: ModuleType, spec: ComponentSpec, *, timeout_ms: int = 0, gpu: bool = False) -> None:
+        self.pb = pb_utils
+        self.spec = spec
+        self.timeout_ms = timeout_ms
+        self.gpu = gpu
+
+    def _tensor(self, name: str, value: torch.Tensor):
+        if self.gpu and value.is_cuda:
+            # DLPack keeps the tensor on the GPU: no host copy between denoising steps.
+            return self.pb.Tensor.from_dlpack(name, torch.utils.dlpack.to_dlpack(value))
+        return self.pb.Tensor(name, np.ascontiguousarray(value.cpu().numpy()))
+
+    def _output(self, tensor) -> torch.Tensor:
+        if self.gpu and not tensor.is_cpu():
+            return torch.utils.dlpack.from_dlpack(tensor.to_dlpack())
+        return torch.from_numpy(tensor.as_numpy())
+
+    def _run(self, inputs: Tensors) -> dict[str, torch.Tensor]:
+        kwargs = {"timeout": self.timeout_ms * 1000} if self.timeout_ms else {}
+        request = self.pb.InferenceRequest(
+            model_name=self.spec.name,
+            requested_output_names=self.spec.output_names,
+            inputs=[self._tensor(n, v) for n, v in cast_inputs(self.spec, inputs).items()],
+            **kwargs,
+        )
+        try:
+            response = request.exec()
+        except Exception as e:  # the stub raises when the model is missing or unloaded
+            raise ComponentError(self.spec.name, str(e), unavailable=True) from e
+        if response.has_error():
+            message = response.error().message()
+            unavailable = any(w in message.lower() for w in ("unavailable", "not ready", "unknown model", "not found"))
+            raise ComponentError(self.spec.name, message, unavailable=unavailable)
+        return {n: self._output(self.pb.get_output_tensor_by_name(response, n)) for n in self.spec.output_names}
+
+    def __call__(self, inputs: Tensors) -> dict[str, torch.Tensor]:
+        return run_in_chunks(self.spec, inputs, self._run)
+
+
+def triton_engines(pb_utils: ModuleType, specs: Mapping[str, ComponentSpec], **kwargs) -> Engines:
+    return Engines(**{name: TritonEngine(pb_utils, spec, **kwargs) for name, spec in specs.items()})

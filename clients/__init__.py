@@ -1,0 +1,1 @@
+"""Clients of the adaptive_diffusion Triton model (HTTP and gRPC)."""
