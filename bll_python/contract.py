@@ -20,12 +20,12 @@ class Field:
 
     @property
     def triton_dtype(self) -> str:
-        return {"bytes": "TYPE_STRING", "float32": "TYPE_FP32", "int32": "TYPE_INT32", "int64": "TYPE_INT64", "uint8": "TYPE_UINT8"}[self.dtype]
+        return {"bytes": "TYPE_STRING", "float32": "TYPE_FP32", "int32": "TYPE_INT32", "int64": "TYPE_INT64", "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL"}[self.dtype]
 
     @property
     def client_dtype(self) -> str:
         """tritonclient's datatype string."""
-        return {"bytes": "BYTES", "float32": "FP32", "int32": "INT32", "int64": "INT64", "uint8": "UINT8"}[self.dtype]
+        return {"bytes": "BYTES", "float32": "FP32", "int32": "INT32", "int64": "INT64", "uint8": "UINT8", "bool": "BOOL"}[self.dtype]
 
     @property
     def allowed(self) -> str:
@@ -37,7 +37,7 @@ class Field:
 
 
 REQUEST_FIELDS: tuple[Field, ...] = (
-    Field("prompt", "bytes", False, "UTF-8 text; longer than 77 CLIP tokens is truncated as diffusers does (reported in the `truncated` response parameter)"),
+    Field("prompt", "bytes", False, "UTF-8 text; longer than 77 CLIP tokens is truncated as diffusers does (reported in the `truncated` output)"),
     Field("negative_prompt", "bytes", True, "UTF-8 text for the unconditional branch of classifier-free guidance (default empty)"),
     Field("seed", "int64", True, "per-row seed; randomness equals diffusers' torch.Generator('cpu').manual_seed(seed) (default 0)"),
     Field("guidance_scale", "float32", True, "classifier-free guidance for student and teacher (<= 1 disables CFG)"),
@@ -55,6 +55,8 @@ RESPONSE_FIELDS: tuple[Field, ...] = (
     Field("score", "float32", False, "ImageReward score of the student sample (teacher_only: of the teacher image)"),
     Field("route", "bytes", False, "student | refined | regenerated | teacher"),
     Field("unet_steps", "int32", False, "denoising steps spent on this image (a CFG step counts once)"),
+    # Triton 2.51's Python backend cannot attach response parameters, so truncation is a tensor.
+    Field("truncated", "bool", False, "true where the prompt was cut to 77 CLIP tokens"),
 )
 
 SETTING_FIELDS = tuple(f.name for f in REQUEST_FIELDS if f.name not in ("prompt", "negative_prompt", "seed"))

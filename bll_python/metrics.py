@@ -18,23 +18,31 @@ LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 class ServingMetrics:
     def __init__(self, pb_utils: ModuleType) -> None:
-        family = pb_utils.MetricFamily
-        rows = family("adaptive_rows_total", "Images produced, by route", family.COUNTER)
+        # A Metric is only valid while its MetricFamily lives, so the families are kept here.
+        self._families: list[object] = []
+
+        def family(name: str, doc: str, kind: object) -> object:
+            f = pb_utils.MetricFamily(name, doc, kind)
+            self._families.append(f)
+            return f
+
+        kinds = pb_utils.MetricFamily
+        rows = family("adaptive_rows_total", "Images produced, by route", kinds.COUNTER)
         self.rows = {r.value: rows.Metric(labels={"route": r.value}) for r in Route}
-        self.teacher_rows = family("adaptive_teacher_rows_total", "Rows sent to the teacher UNet", family.COUNTER).Metric(labels={})
-        self.gated_rows = family("adaptive_gated_rows_total", "Rows that went through the ImageReward gate", family.COUNTER).Metric(labels={})
-        self.accepted_rows = family("adaptive_accepted_rows_total", "Gated rows the student kept", family.COUNTER).Metric(labels={})
-        self.accept_rate = family("adaptive_accept_rate", "Accepted / gated rows since start", family.GAUGE).Metric(labels={})
-        errors = family("adaptive_errors_total", "Failed requests, by error kind", family.COUNTER)
+        self.teacher_rows = family("adaptive_teacher_rows_total", "Rows sent to the teacher UNet", kinds.COUNTER).Metric(labels={})
+        self.gated_rows = family("adaptive_gated_rows_total", "Rows that went through the ImageReward gate", kinds.COUNTER).Metric(labels={})
+        self.accepted_rows = family("adaptive_accepted_rows_total", "Gated rows the student kept", kinds.COUNTER).Metric(labels={})
+        self.accept_rate = family("adaptive_accept_rate", "Accepted / gated rows since start", kinds.GAUGE).Metric(labels={})
+        errors = family("adaptive_errors_total", "Failed requests, by error kind", kinds.COUNTER)
         self._errors_family = errors
         self.errors: dict[str, object] = {}
-        self.histogram = hasattr(family, "HISTOGRAM")
+        self.histogram = hasattr(kinds, "HISTOGRAM")
         if self.histogram:
-            stage = family("adaptive_stage_seconds", "Latency of each pipeline stage per batch", family.HISTOGRAM)
+            stage = family("adaptive_stage_seconds", "Latency of each pipeline stage per batch", kinds.HISTOGRAM)
             self.stage = {s: stage.Metric(labels={"stage": s}, buckets=LATENCY_BUCKETS) for s in STAGES}
         else:
-            total = family("adaptive_stage_seconds_sum", "Total seconds per pipeline stage", family.COUNTER)
-            count = family("adaptive_stage_seconds_count", "Batches per pipeline stage", family.COUNTER)
+            total = family("adaptive_stage_seconds_sum", "Total seconds per pipeline stage", kinds.COUNTER)
+            count = family("adaptive_stage_seconds_count", "Batches per pipeline stage", kinds.COUNTER)
             self.stage_sum = {s: total.Metric(labels={"stage": s}) for s in STAGES}
             self.stage_count = {s: count.Metric(labels={"stage": s}) for s in STAGES}
         self._gated = 0

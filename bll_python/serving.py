@@ -8,7 +8,7 @@ batches of at most ``max_rows``; results are scattered back to their requests.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -35,7 +35,7 @@ class RequestResult:
     scores: np.ndarray  # float32 [b, 1]
     routes: np.ndarray  # object (bytes) [b, 1]
     unet_steps: np.ndarray  # int32 [b, 1]
-    truncated: list[bool] = field(default_factory=list)
+    truncated: np.ndarray  # bool [b, 1]
 
 
 def _text(name: str, value: object) -> str:
@@ -158,6 +158,6 @@ class BatchRunner:
                 scores=np.array([[p[1]] for p in parts], dtype=np.float32),
                 routes=np.array([[p[2].encode()] for p in parts], dtype=np.object_),
                 unet_steps=np.array([[p[3]] for p in parts], dtype=np.int32),
-                truncated=[bool(p[4]) for p in parts],
+                truncated=np.array([[bool(p[4])] for p in parts], dtype=np.bool_),
             )
         return results  # type: ignore[return-value]

@@ -24,6 +24,8 @@ class TritonEngine:
         self.gpu = gpu
 
     def _tensor(self, name: str, value: torch.Tensor):
+        if value.dim() == 1:
+            value = value.unsqueeze(-1)  # per-row scalars travel as [B, 1] (config reshape)
         if self.gpu and value.is_cuda:
             # DLPack keeps the tensor on the GPU: no host copy between denoising steps.
             return self.pb.Tensor.from_dlpack(name, torch.utils.dlpack.to_dlpack(value))
@@ -50,7 +52,11 @@ class TritonEngine:
             message = response.error().message()
             unavailable = any(w in message.lower() for w in ("unavailable", "not ready", "unknown model", "not found"))
             raise ComponentError(self.spec.name, message, unavailable=unavailable)
-        return {n: self._output(self.pb.get_output_tensor_by_name(response, n)) for n in self.spec.output_names}
+        outputs = {}
+        for t in self.spec.outputs:
+            value = self._output(self.pb.get_output_tensor_by_name(response, t.name))
+            outputs[t.name] = value.reshape(-1) if len(t.dims) == 1 else value
+        return outputs
 
     def __call__(self, inputs: Tensors) -> dict[str, torch.Tensor]:
         return run_in_chunks(self.spec, inputs, self._run)

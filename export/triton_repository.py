@@ -26,17 +26,23 @@ BLS_QUEUE_DELAY_US = 5000
 COMPONENT_QUEUE_DELAY_US = 500
 
 
+PER_ROW = "[ 1 ]"
+
+
 def _dims(t: TensorSpec) -> str:
     # Triton dims exclude the batch axis when max_batch_size > 0; other symbols are variable.
+    # A per-row scalar ([B], e.g. timestep) is [B, 1] on the wire and reshaped to [B] for the model.
     dims = [d for d in t.dims if d != BATCH]
-    return "[ " + ", ".join("-1" if isinstance(d, str) else str(d) for d in dims) + " ]" if dims else "[ 1 ]"
+    return "[ " + ", ".join("-1" if isinstance(d, str) else str(d) for d in dims) + " ]" if dims else PER_ROW
 
 
-def _tensor_block(kind: str, tensors: list[tuple[str, str, str, bool]]) -> str:
+def _tensor_block(kind: str, tensors: list[tuple[str, str, str, bool]], reshape_scalars: bool = False) -> str:
     rows = []
     for name, dtype, dims, optional in tensors:
-        opt = "\n    optional: true" if optional else ""
-        rows.append(f"  {{\n    name: \"{name}\"\n    data_type: {dtype}\n    dims: {dims}{opt}\n  }}")
+        extra = "\n    optional: true" if optional else ""
+        if reshape_scalars and dims == PER_ROW:
+            extra += "\n    reshape: { shape: [ ] }"
+        rows.append(f"  {{\n    name: \"{name}\"\n    data_type: {dtype}\n    dims: {dims}{extra}\n  }}")
     return f"{kind} [\n" + ",\n".join(rows) + "\n]\n"
 
 
@@ -48,8 +54,8 @@ def component_config(spec: ComponentSpec, *, instances: int = 1, kind: str = "KI
     """``config.pbtxt`` of a component served by the ONNX Runtime Python model."""
     return (
         f"name: \"{spec.name}\"\nbackend: \"python\"\nmax_batch_size: {spec.max_batch}\n"
-        + _tensor_block("input", [(t.name, t.triton_dtype, _dims(t), False) for t in spec.inputs])
-        + _tensor_block("output", [(t.name, t.triton_dtype, _dims(t), False) for t in spec.outputs])
+        + _tensor_block("input", [(t.name, t.triton_dtype, _dims(t), False) for t in spec.inputs], reshape_scalars=True)
+        + _tensor_block("output", [(t.name, t.triton_dtype, _dims(t), False) for t in spec.outputs], reshape_scalars=True)
         + f"dynamic_batching {{\n  max_queue_delay_microseconds: {COMPONENT_QUEUE_DELAY_US}\n}}\n"
         + f"instance_group [\n  {{\n    count: {instances}\n    kind: {kind}\n  }}\n]\n"
         + _parameters({"onnx_file": "model.onnx", "intra_op_threads": str(threads)})

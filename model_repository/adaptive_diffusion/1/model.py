@@ -72,7 +72,7 @@ class TritonPythonModel:
                 pb_utils.Tensor("score", result.scores),
                 pb_utils.Tensor("route", result.routes),
                 pb_utils.Tensor("unet_steps", result.unet_steps),
+                pb_utils.Tensor("truncated", result.truncated),
             ]
-            parameters = {"truncated": json.dumps(result.truncated)} if any(result.truncated) else {}
-            responses.append(pb_utils.InferenceResponse(output_tensors=tensors, parameters=parameters))
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
         return responses
