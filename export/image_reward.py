@@ -327,7 +327,14 @@ class _RewardTextModel(BlipTextModel):
     ``invert_attention_mask`` (the image mask path) would bake in float32's min.
     """
 
-    def get_extended_attention_mask(self, attention_mask, input_shape, device=None, is_decoder=False, dtype=None):  # type: ignore[override]
+    def get_extended_attention_mask(  # type: ignore[override]
+        self,
+        attention_mask: torch.Tensor,
+        input_shape: tuple[int, ...],
+        device: torch.device | None = None,
+        is_decoder: bool = False,
+        dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
         if is_decoder:
             raise ValueError("ImageReward's text encoder is bidirectional; the causal (decoder) mask is not used")
         return _additive_mask(attention_mask, dtype or self.dtype)
@@ -392,11 +399,14 @@ class ImageRewardScorer(nn.Module):
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """[B, 3, S, S] in [0, 1] -> the ViT's normalised [B, 3, 224, 224]."""
         size = self.config.vision.image_size
-        if image.dim() != 4 or image.shape[1] != 3 or image.shape[2] != image.shape[3]:
+        # Skipped while tracing: the spatial dims are static in the spec, and comparing traced
+        # shapes would only bake constants into the graph and raise TracerWarnings.
+        if not torch.jit.is_tracing() and (image.dim() != 4 or image.shape[1] != 3 or image.shape[2] != image.shape[3]):
             raise ValueError(f"expected a square RGB batch [B, 3, S, S], got {tuple(image.shape)}")
-        if image.shape[-1] != size:
-            image = F.interpolate(image, size=(size, size), mode="bicubic", align_corners=False, antialias=False)
-            image = image.clamp(0.0, 1.0)
+        # Unconditional: at S == size the half-pixel bicubic weights are exactly (0, 1, 0, 0), so it
+        # is the identity there and no shape-dependent branch ends up in the graph.
+        image = F.interpolate(image, size=(size, size), mode="bicubic", align_corners=False, antialias=False)
+        image = image.clamp(0.0, 1.0)
         return (image - self.pixel_mean) / self.pixel_std
 
     def text_features(

@@ -264,8 +264,8 @@ def remove_stale_shm_regions(shm_dir: Path = SHM_DIR) -> list[Path]:
     """Delete Python-backend shm regions whose server is gone (e.g. killed with SIGKILL).
 
     A region is kept if any live process maps or holds it open, if its name carries the pid of a
-    live launcher (our naming scheme), if we cannot see every process of its owner, or if it has a
-    foreign name and was touched recently. Returns the removed paths.
+    live launcher (our naming scheme), if a Triton process of its owner could not be inspected, or
+    if it has a foreign name and was touched recently. Returns the removed paths.
     """
     try:
         candidates = [p for p in shm_dir.iterdir() if p.name.startswith(SHM_DEFAULT_PREFIX)]
@@ -522,17 +522,25 @@ class TritonServer:
         self._reader.start()
 
     def _pump_logs(self) -> None:
+        # This thread owns the pipe and the log file: the backend stubs inherit the server's
+        # stdout, so EOF may come a moment after the server itself has exited.
         assert self._proc is not None and self._proc.stdout is not None
-        for raw in self._proc.stdout:
-            line = raw.decode("utf-8", errors="replace")
-            with self._lines_lock:
-                self._lines.append(line)
-            if self._log_handle is not None:
-                self._log_handle.write(line)
-                self._log_handle.flush()
-            if self.echo_logs:
-                sys.stderr.write(line)
-                sys.stderr.flush()
+        stdout, log_handle = self._proc.stdout, self._log_handle
+        try:
+            for raw in stdout:
+                line = raw.decode("utf-8", errors="replace")
+                with self._lines_lock:
+                    self._lines.append(line)
+                if log_handle is not None:
+                    log_handle.write(line)
+                    log_handle.flush()
+                if self.echo_logs:
+                    sys.stderr.write(line)
+                    sys.stderr.flush()
+        finally:
+            stdout.close()
+            if log_handle is not None:
+                log_handle.close()
 
     def log_tail(self, n: int = 40) -> str:
         """The last ``n`` lines the server printed (stdout and stderr)."""
@@ -607,14 +615,12 @@ class TritonServer:
         if self._reader is not None:
             self._reader.join(timeout=5)
             self._reader = None
-        if self._proc is not None and self._proc.stdout is not None:
-            self._proc.stdout.close()
-        if self._log_handle is not None:
-            self._log_handle.close()
-            self._log_handle = None
-        # Only this server used this prefix and it is gone: whatever it left (after SIGKILL or a
-        # crash) can go right away, without waiting for the next start's stale sweep.
-        _remove_regions_with_prefix(self.shm_prefix)
+        self._log_handle = None
+        # Only this server used a prefix of our scheme and it is gone: whatever it left (after
+        # SIGKILL or a crash) can go now rather than at the next start's stale sweep. A prefix
+        # passed in extra_args may be shared, so it is left to that sweep.
+        if _SHM_OURS.fullmatch(self.shm_prefix):
+            _remove_regions_with_prefix(self.shm_prefix)
 
     def __enter__(self) -> "TritonServer":
         self.start()

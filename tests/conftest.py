@@ -73,3 +73,15 @@ def torch_pipeline(torch_engines, deployment, tiny_repository) -> AdaptivePipeli
 @pytest.fixture(scope="session")
 def ort_pipeline(tiny_repository) -> AdaptivePipeline:
     return inprocess_pipeline(tiny_repository)
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tiny_repository):
+    """One real tritonserver on the tiny repository, on free ports, shared by the serving tests.
+
+    Tests must not change its state (no unload); tests that break things start their own.
+    """
+    from tests.triton_fixtures import running_server
+
+    with running_server(tiny_repository) as server:
+        yield server
