@@ -9,18 +9,39 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from transformers import BertTokenizer
 
 REWARD_MAX_LENGTH = 35
 
 
-def load_reward_tokenizer(vocab_file: Path):
-    """bert-base-uncased WordPiece plus BLIP's ``[DEC]`` (bos) and ``[ENC]`` tokens (ids 30522, 30523)."""
-    from transformers import BertTokenizer
+def reward_tokenizer(vocab_file: Path) -> BertTokenizer:
+    """bert-base-uncased WordPiece from a local vocab file plus BLIP's ``[DEC]`` (bos) and ``[ENC]``.
 
-    tokenizer = BertTokenizer(str(vocab_file), do_lower_case=True)
+    Mirrors BLIP's ``init_tokenizer``; with the 30522-line bert-base-uncased vocab the two added
+    tokens get ids 30522 and 30523 (``tokenizer.enc_token_id``), matching the 30524-row embedding.
+    """
+    vocab_file = Path(vocab_file)
+    if not vocab_file.is_file():
+        raise FileNotFoundError(f"WordPiece vocab file not found: {vocab_file}")
+    tokenizer = BertTokenizer(vocab_file=str(vocab_file), do_lower_case=True)
     tokenizer.add_special_tokens({"bos_token": "[DEC]"})
     tokenizer.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
+    tokenizer.enc_token_id = tokenizer.additional_special_tokens_ids[0]
     return tokenizer
+
+
+def tokenize_for_reward(
+    tokenizer: BertTokenizer, prompts: list[str], max_length: int = REWARD_MAX_LENGTH
+) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, attention_mask), both int32 [B, 35], exactly as ImageReward.score tokenizes.
+
+    ``[CLS] tokens... [SEP]`` then ``[PAD]`` (0) up to 35, long prompts cut to 33 WordPieces. Position 0
+    stays ``[CLS]``: ImageReward does not substitute ``[ENC]`` (see the module docstring).
+    """
+    if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+        raise TypeError("prompts must be a list of strings")
+    enc = tokenizer(list(prompts), padding="max_length", truncation=True, max_length=max_length, return_tensors="np")
+    return enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32)
 
 
 @dataclass
@@ -36,7 +57,7 @@ class PromptTokenizers:
         from transformers import CLIPTokenizer
 
         self.clip = CLIPTokenizer.from_pretrained(str(clip_dir), local_files_only=True)
-        self.reward = load_reward_tokenizer(reward_vocab)
+        self.reward = reward_tokenizer(reward_vocab)
         self.reward_max_length = reward_max_length
 
     @property
@@ -49,8 +70,7 @@ class PromptTokenizers:
         return enc.input_ids.astype(np.int32), truncated
 
     def reward_ids(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        enc = self.reward(prompts, padding="max_length", truncation=True, max_length=self.reward_max_length, return_tensors="np")
-        return enc.input_ids.astype(np.int32), enc.attention_mask.astype(np.int32)
+        return tokenize_for_reward(self.reward, list(prompts), self.reward_max_length)
 
     def __call__(self, prompts: list[str]) -> TokenizedPrompts:
         ids, truncated = self.clip_ids(prompts)

@@ -36,7 +36,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import BertTokenizer, BlipTextConfig, BlipTextModel, BlipVisionConfig, BlipVisionModel
+from transformers import BlipTextConfig, BlipTextModel, BlipVisionConfig, BlipVisionModel
+
+# The server tokenizes with the same code; re-exported here for checkpoint tooling and tests.
+from bll_python.text import REWARD_MAX_LENGTH, reward_tokenizer, tokenize_for_reward  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +50,6 @@ CONFIG_NAME = "ImageReward.config.json"
 SCORE_MEAN = 0.16717362830052426
 SCORE_STD = 1.0333394966054072
 
-REWARD_MAX_LENGTH = 35
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -591,33 +593,3 @@ def write_tiny_image_reward(directory: Path, seed: int = 0, config: ImageRewardC
 # ---------------------------------------------------------------------------------------------
 # Tokenizer
 # ---------------------------------------------------------------------------------------------
-
-
-def reward_tokenizer(vocab_file: Path) -> BertTokenizer:
-    """bert-base-uncased WordPiece from a local vocab file plus BLIP's ``[DEC]`` (bos) and ``[ENC]``.
-
-    Mirrors BLIP's ``init_tokenizer``; with the 30522-line bert-base-uncased vocab the two added
-    tokens get ids 30522 and 30523 (``tokenizer.enc_token_id``), matching the 30524-row embedding.
-    """
-    vocab_file = Path(vocab_file)
-    if not vocab_file.is_file():
-        raise FileNotFoundError(f"WordPiece vocab file not found: {vocab_file}")
-    tokenizer = BertTokenizer(vocab_file=str(vocab_file), do_lower_case=True)
-    tokenizer.add_special_tokens({"bos_token": "[DEC]"})
-    tokenizer.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
-    tokenizer.enc_token_id = tokenizer.additional_special_tokens_ids[0]
-    return tokenizer
-
-
-def tokenize_for_reward(
-    tokenizer: BertTokenizer, prompts: list[str], max_length: int = REWARD_MAX_LENGTH
-) -> tuple[np.ndarray, np.ndarray]:
-    """(input_ids, attention_mask), both int32 [B, 35], exactly as ImageReward.score tokenizes.
-
-    ``[CLS] tokens... [SEP]`` then ``[PAD]`` (0) up to 35, long prompts cut to 33 WordPieces. Position 0
-    stays ``[CLS]``: ImageReward does not substitute ``[ENC]`` (see the module docstring).
-    """
-    if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
-        raise TypeError("prompts must be a list of strings")
-    enc = tokenizer(list(prompts), padding="max_length", truncation=True, max_length=max_length, return_tensors="np")
-    return enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32)

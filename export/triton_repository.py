@@ -46,6 +46,16 @@ def _tensor_block(kind: str, tensors: list[tuple[str, str, str, bool]], reshape_
     return f"{kind} [\n" + ",\n".join(rows) + "\n]\n"
 
 
+def _dynamic_batching(delay_us: int) -> str:
+    return f"dynamic_batching {{\n  max_queue_delay_microseconds: {delay_us}\n}}\n"
+
+
+def _instance_group(count: int, kind: str, gpus: list[int] | tuple[int, ...] | None = None) -> str:
+    # Without gpus, a KIND_GPU group places `count` instances on every visible GPU.
+    devices = f"\n    gpus: [ {', '.join(map(str, gpus))} ]" if gpus else ""
+    return f"instance_group [\n  {{\n    count: {count}\n    kind: {kind}{devices}\n  }}\n]\n"
+
+
 def _parameters(params: dict[str, str]) -> str:
     return "".join(f"parameters {{ key: \"{k}\" value: {{ string_value: \"{v}\" }} }}\n" for k, v in params.items())
 
@@ -56,8 +66,8 @@ def component_config(spec: ComponentSpec, *, instances: int = 1, kind: str = "KI
         f"name: \"{spec.name}\"\nbackend: \"python\"\nmax_batch_size: {spec.max_batch}\n"
         + _tensor_block("input", [(t.name, t.triton_dtype, _dims(t), False) for t in spec.inputs], reshape_scalars=True)
         + _tensor_block("output", [(t.name, t.triton_dtype, _dims(t), False) for t in spec.outputs], reshape_scalars=True)
-        + f"dynamic_batching {{\n  max_queue_delay_microseconds: {COMPONENT_QUEUE_DELAY_US}\n}}\n"
-        + f"instance_group [\n  {{\n    count: {instances}\n    kind: {kind}\n  }}\n]\n"
+        + _dynamic_batching(COMPONENT_QUEUE_DELAY_US)
+        + _instance_group(instances, kind)
         + _parameters({"onnx_file": "model.onnx", "intra_op_threads": str(threads)})
     )
 
@@ -70,8 +80,8 @@ def bls_config(deployment: Deployment, *, instances: int = 1, kind: str = "KIND_
         f"name: \"{BLS_MODEL}\"\nbackend: \"python\"\nmax_batch_size: {deployment.max_rows}\n"
         + _tensor_block("input", inputs)
         + _tensor_block("output", outputs)
-        + f"dynamic_batching {{\n  max_queue_delay_microseconds: {BLS_QUEUE_DELAY_US}\n}}\n"
-        + f"instance_group [\n  {{\n    count: {instances}\n    kind: {kind}\n  }}\n]\n"
+        + _dynamic_batching(BLS_QUEUE_DELAY_US)
+        + _instance_group(instances, kind)
     )
 
 

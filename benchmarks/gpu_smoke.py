@@ -1,0 +1,313 @@
+"""End-to-end GPU smoke test: tiny preset -> FP16 engines -> validation -> served images -> perf_analyzer.
+
+``bash benchmarks/gpu_smoke.sh`` (or ``python -m benchmarks.gpu_smoke``) on a machine with an NVIDIA GPU,
+tensorrt (``pip install -e .[gpu] --extra-index-url https://pypi.nvidia.com``) and a CUDA build of torch.
+Each stage prints PASS, FAIL or SKIP; the report lands in ``benchmarks/results/gpu_smoke/<time>/``.
+On a machine without a GPU the CPU stages run and the first GPU stage stops the run with SKIP.
+
+Exit status: 0 all passed, 1 a stage failed, 2 stopped before the GPU stages (nothing to test on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+import urllib.error
+import urllib.request
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "gpu_smoke"
+PROMPTS = ("a red bicycle leaning on a brick wall", "a bowl of ramen, studio lighting")
+STRATEGIES = ("student_only", "teacher_only", "refine")
+
+
+class Skip(Exception):
+    """The stage cannot run here; the run stops with this reason."""
+
+
+@dataclass
+class Stage:
+    name: str
+    status: str
+    seconds: float
+    detail: Any = None
+    message: str = ""
+
+
+@dataclass
+class Smoke:
+    out: Path
+    stages: list[Stage] = field(default_factory=list)
+    stopped: bool = False
+
+    def run(self, name: str, fn: Callable[[], Any]) -> Any:
+        """Run one stage unless an earlier one failed or skipped; print and record its verdict."""
+        if self.stopped:
+            return None
+        start = time.perf_counter()
+        try:
+            detail = fn()
+            stage = Stage(name, "PASS", time.perf_counter() - start, detail)
+        except Skip as exc:
+            stage = Stage(name, "SKIP", time.perf_counter() - start, message=str(exc))
+        except AssertionError as exc:
+            stage = Stage(name, "FAIL", time.perf_counter() - start, message=str(exc))
+        except Exception as exc:  # a smoke test reports every failure as a line, never a traceback
+            (self.out / f"{name.replace(' ', '_')}.traceback.txt").write_text(traceback.format_exc())
+            stage = Stage(name, "FAIL", time.perf_counter() - start, message=f"{type(exc).__name__}: {exc}")
+        self.stages.append(stage)
+        self.stopped = stage.status != "PASS"
+        line = f"[{stage.status}] {name} ({stage.seconds:.1f} s)"
+        print(line + (f": {stage.message}" if stage.message else ""), flush=True)
+        return detail if stage.status == "PASS" else None
+
+    def exit_code(self) -> int:
+        statuses = {s.status for s in self.stages}
+        return 1 if "FAIL" in statuses else 2 if "SKIP" in statuses else 0
+
+    def save(self, extra: dict[str, Any]) -> Path:
+        body = {"exit_code": self.exit_code(), **extra, "stages": [vars(s) for s in self.stages]}
+        path = self.out / "report.json"
+        path.write_text(json.dumps(body, indent=2, default=str))
+        return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages
+
+
+def environment() -> dict[str, Any]:
+    import polygraphy
+    import torch
+
+    from export.trt_build import cuda_device_count, tensorrt_unavailable_reason
+
+    info: dict[str, Any] = {"python": sys.version.split()[0], "torch": torch.__version__, "torch_cuda": torch.cuda.is_available(), "polygraphy": polygraphy.__version__}
+    info["cuda_devices"] = cuda_device_count()
+    try:
+        import tensorrt
+
+        info["tensorrt"] = tensorrt.__version__
+    except ImportError:
+        info["tensorrt"] = None
+    info["gpu_blocker"] = tensorrt_unavailable_reason()
+    return info
+
+
+def require_gpu() -> str:
+    from export.trt_build import tensorrt_unavailable_reason
+
+    reason = tensorrt_unavailable_reason()
+    if reason:
+        raise Skip(f"stopping before the GPU stages: this machine {reason}")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise Skip("stopping before the GPU stages: torch has no CUDA (install a CUDA build of torch for the BLS and python-trt models)")
+    return torch.cuda.get_device_name(0)
+
+
+def lint(source: Path) -> dict[str, Any]:
+    from bll_python.deployment import Deployment
+    from bll_python.layout import assets_dir, onnx_path
+    from export.trt_validate import lint_onnx
+
+    specs = Deployment.load(assets_dir(source)).specs()
+    results = {name: lint_onnx(onnx_path(source, name), spec.input_shapes("opt")) for name, spec in specs.items()}
+    bad = {n: r.errors[:3] for n, r in results.items() if not r.passed}
+    assert not bad, f"lint errors: {bad}"
+    return {n: {"warnings": len(r.warnings)} for n, r in results.items()}
+
+
+def build(source: Path, target: Path, backend: str, opt_level: int) -> dict[str, Any]:
+    from export.trt_build import BuildOptions
+    from export.trt_repository import build_tensorrt_repository
+
+    written, results = build_tensorrt_repository(source, target, backend=backend, options=BuildOptions(builder_optimization_level=opt_level))
+    return {"repository": written.to_json(), "engines": [r.to_json() for r in results]}
+
+
+def validate(source: Path, target: Path, out: Path) -> dict[str, Any]:
+    from bll_python.deployment import Deployment
+    from bll_python.layout import assets_dir
+    from export.trt_validate import validate_repository, write_report
+
+    reports = validate_repository(source, target, Deployment.load(assets_dir(source)).specs())
+    for r in reports:
+        print(f"    {r}")
+    write_report(reports, out / "validation.json")
+    failed = [r.component for r in reports if not r.passed]
+    assert not failed, f"engines outside tolerance: {failed} (see validation.json)"
+    return {r.component: r.passed for r in reports}
+
+
+def _free_ports(n: int) -> list[int]:
+    with ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+
+
+class ServedRepository:
+    """``python -m export.serve --repository ...`` as a child process, with the writer's server flags."""
+
+    def __init__(self, repository: Path, log: Path, ready_timeout: float) -> None:
+        from export.trt_repository import read_server_args
+
+        self.http, self.grpc, self.metrics = _free_ports(3)
+        self.command = [
+            sys.executable, "-m", "export.serve", "--repository", str(repository),
+            "--http-port", str(self.http), "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics),
+            "--ready-timeout", str(ready_timeout), "--", *read_server_args(repository),
+        ]
+        self.log = log
+        self.ready_timeout = ready_timeout
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> dict[str, Any]:
+        self.proc = subprocess.Popen(self.command, cwd=ROOT, stdout=self.log.open("w"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + self.ready_timeout + 30
+        url = f"http://127.0.0.1:{self.http}/v2/health/ready"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with status {self.proc.returncode}; log: {self.log}")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as resp:
+                    if resp.status == 200:
+                        return {"command": " ".join(self.command), "http": self.http, "grpc": self.grpc}
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.5)
+        raise AssertionError(f"server not ready after {self.ready_timeout:.0f} s; log: {self.log}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def compare_served(source: Path, server: ServedRepository, min_psnr: float, max_score_diff: float) -> dict[str, Any]:
+    """Served images (TensorRT FP16) against the in-process ONNX Runtime pipeline, same seeds."""
+    from dataclasses import replace
+
+    from bll_python.inprocess import inprocess_pipeline
+    from clients.client import AdaptiveClient
+
+    pipe = inprocess_pipeline(source)
+    seeds = list(range(len(PROMPTS)))
+    rows: list[dict[str, Any]] = []
+    with AdaptiveClient(f"127.0.0.1:{server.http}") as client:
+        for strategy in STRATEGIES:
+            served = client.generate(list(PROMPTS), seeds=seeds, strategy=strategy)
+            local = pipe(list(PROMPTS), seeds=seeds, settings=replace(pipe.deployment.defaults, strategy=strategy))
+            for i, g in enumerate(served):
+                diff = g.image.astype(np.float64) - local.images[i].astype(np.float64)
+                mse = float(np.mean(diff**2))
+                psnr = float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+                rows.append({
+                    "strategy": strategy, "prompt": g.prompt, "psnr_db": psnr, "max_abs": float(np.abs(diff).max()),
+                    "score_served": g.score, "score_inprocess": float(local.scores[i]),
+                    "route_served": g.route, "route_inprocess": local.routes[i].value,
+                })
+    # Routes are recorded, not asserted: a score within tolerance of tau may gate either way.
+    bad = [r for r in rows if r["route_served"] == r["route_inprocess"] and (r["psnr_db"] < min_psnr or abs(r["score_served"] - r["score_inprocess"]) > max_score_diff)]
+    assert not bad, f"{len(bad)} of {len(rows)} served images differ from ONNX Runtime beyond PSNR {min_psnr} dB / score {max_score_diff}: {bad[:2]}"
+    return {"images": rows}
+
+
+def perf_sweep(server: ServedRepository, out: Path, concurrency: Sequence[int]) -> dict[str, Any]:
+    from export.serve import perf_analyzer_command, perf_analyzer_env
+
+    data = out / "perf_input.json"
+    data.write_text(json.dumps({"data": [{"prompt": {"content": [p], "shape": [1]}, "seed": {"content": [i], "shape": [1]}} for i, p in enumerate(PROMPTS)]}))
+    csv_path = out / "perf_analyzer.csv"
+    cmd = perf_analyzer_command() + [
+        "-m", "adaptive_diffusion", "-u", f"127.0.0.1:{server.grpc}", "-i", "grpc",
+        "--input-data", str(data), "--concurrency-range", f"{min(concurrency)}:{max(concurrency)}:{max(1, min(concurrency))}",
+        "--measurement-mode", "count_windows", "--measurement-request-count", "8", "--max-trials", "5", "-f", str(csv_path),
+    ]
+    done = subprocess.run(cmd, env=perf_analyzer_env(), capture_output=True, text=True, timeout=900)
+    (out / "perf_analyzer.log").write_text(done.stdout + done.stderr)
+    assert done.returncode == 0, f"perf_analyzer exited {done.returncode}; see perf_analyzer.log"
+    rows = list(csv.DictReader(io.StringIO(csv_path.read_text())))
+    return {"command": " ".join(cmd), "rows": [{k: r.get(k) for k in ("Concurrency", "Inferences/Second", "p50 latency", "p99 latency")} for r in rows]}
+
+
+def _container_only() -> None:
+    raise Skip("the pip server has no TensorRT backend: serve this repository from NVIDIA's container (export/TENSORRT.md) or use --backend python-trt")
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="benchmarks/gpu_smoke.sh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", type=Path, default=None, help="artifacts root (default: the export default, ./artifacts)")
+    parser.add_argument("--backend", choices=("python-trt", "tensorrt"), default="python-trt",
+                        help="python-trt runs under the pip server started here; tensorrt needs NVIDIA's container (see export/TENSORRT.md)")
+    parser.add_argument("--opt-level", type=int, default=3, help="TensorRT builder optimization level")
+    parser.add_argument("--min-psnr", type=float, default=30.0, help="served vs in-process image agreement (dB)")
+    parser.add_argument("--max-score-diff", type=float, default=0.05, help="served vs in-process ImageReward score agreement")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4], help="perf_analyzer concurrency levels")
+    parser.add_argument("--ready-timeout", type=float, default=300.0, help="seconds for the server to load the engines")
+    args = parser.parse_args(argv)
+
+    os.chdir(ROOT)
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    out = RESULTS / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out.mkdir(parents=True, exist_ok=True)
+    smoke = Smoke(out)
+    extra: dict[str, Any] = {"backend": args.backend}
+
+    from export.build import DEFAULT_ROOT, ensure_repository
+
+    root = args.root or DEFAULT_ROOT
+    target = Path(root) / "tiny" / f"repository-{args.backend}"
+    extra["environment"] = smoke.run("environment", environment)
+    source = smoke.run("export tiny preset", lambda: ensure_repository("tiny", root, progress=False))
+    smoke.run("lint onnx", lambda: lint(source))
+    extra["gpu"] = smoke.run("gpu available", require_gpu)
+    smoke.run("build engines", lambda: build(source, target, args.backend, args.opt_level))
+    smoke.run("validate engines vs onnxruntime", lambda: validate(source, target, out))
+    if args.backend == "tensorrt":
+        smoke.run("serve", _container_only)
+    server = None if smoke.stopped else ServedRepository(target, out / "server.log", args.ready_timeout)
+    try:
+        smoke.run("serve", server.start if server else lambda: None)
+        smoke.run("served vs onnxruntime in-process", lambda: compare_served(source, server, args.min_psnr, args.max_score_diff))
+        smoke.run("perf_analyzer sweep", lambda: perf_sweep(server, out, args.concurrency))
+    finally:
+        if server is not None:
+            server.stop()
+
+    report = smoke.save(extra)
+    verdict = {0: "PASS", 1: "FAIL", 2: "SKIP"}[smoke.exit_code()]
+    print(f"gpu smoke: {verdict}; report {report}")
+    return smoke.exit_code()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,395 @@
+"""FP16 TensorRT engines and the GPU repository, specified on CPU.
+
+Without tensorrt the build plan still constructs, so its profiles and builder flags are checked
+here; configs are parsed with Triton's own ModelConfig proto; engine validation is exercised with
+two ONNX Runtime runners. Tests that need tensorrt and a GPU carry ``@pytest.mark.gpu`` and skip
+with the reason.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+from google.protobuf import text_format
+from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+from polygraphy.backend.trt import NetworkFromOnnxPath, PostprocessNetwork
+from polygraphy.exception import PolygraphyException
+from tritonclient.grpc import model_config_pb2 as mc
+
+from bll_python.layout import BLS_MODEL, assets_dir, model_dir, onnx_path, plan_path, version_dir
+from bll_python.specs import image_reward_spec, unet_spec, vae_decoder_spec
+from export.triton_repository import ORT_TEMPLATE, component_config
+from export.trt_build import FP32_RULES, KeepFp32, profile_shapes, repository_builds, tensorrt_unavailable_reason, trt_profile
+from export.trt_repository import (
+    MIN_CUDA_POOL_BYTES,
+    TRT_TEMPLATE,
+    Placement,
+    cuda_pool_bytes,
+    gpu_bls_config,
+    read_server_args,
+    teacher_share,
+    tensorrt_component_config,
+    write_tensorrt_repository,
+)
+from export.trt_validate import Tolerance, compare_runners, lint_onnx, validation_feeds, write_report
+
+
+def _gpu_skip_reason() -> str | None:
+    """What is missing for the GPU tests, e.g. "needs tensorrt (pip install -e .[gpu] ...) and an NVIDIA GPU"."""
+    return tensorrt_unavailable_reason()
+
+
+requires_gpu = pytest.mark.skipif(_gpu_skip_reason() is not None, reason=_gpu_skip_reason() or "")
+no_tensorrt = pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="tensorrt is installed here")
+
+UNETS = ("unet_student", "unet_teacher")
+
+
+@pytest.fixture(scope="module")
+def specs(deployment):
+    return deployment.specs()
+
+
+@pytest.fixture(scope="module")
+def builds(tiny_repository, specs, tmp_path_factory):
+    target = tmp_path_factory.mktemp("trt") / "repository"
+    return repository_builds(tiny_repository, specs, target)
+
+
+def _parse(text: str) -> mc.ModelConfig:
+    return text_format.Parse(text, mc.ModelConfig())
+
+
+# ---------------------------------------------------------------------------------------------
+# Profiles
+
+
+def test_profile_rows_are_the_spec_at_min_opt_max(specs, deployment):
+    for name, spec in specs.items():
+        rows = profile_shapes(spec)
+        assert list(rows) == spec.input_names
+        for which, index in (("min", 0), ("opt", 1), ("max", 2)):
+            assert {n: r[index] for n, r in rows.items()} == spec.input_shapes(which)
+        for tensor in spec.inputs:
+            lo, opt, hi = rows[tensor.name]
+            assert (lo[0], hi[0]) == (1, spec.max_batch), f"{name}.{tensor.name}: batch runs 1..max"
+            assert lo[1:] == opt[1:] == hi[1:] == tensor.shape(spec.sizes())[1:], "only the batch axis is dynamic"
+
+
+def test_unet_and_text_encoder_profiles_hold_the_cfg_doubled_batch(specs, deployment):
+    rows = deployment.max_rows
+    for name in (*UNETS, "text_encoder"):
+        assert profile_shapes(specs[name])[specs[name].input_names[0]][2][0] == 2 * rows, name
+    for name in ("vae_decoder", "image_reward"):
+        assert profile_shapes(specs[name])[specs[name].input_names[0]][2][0] == rows, name
+
+
+def test_polygraphy_profile_carries_the_same_shapes(specs):
+    spec = specs["unet_student"]
+    profile = trt_profile(spec)
+    for name, (lo, opt, hi) in profile_shapes(spec).items():
+        assert (tuple(profile[name].min), tuple(profile[name].opt), tuple(profile[name].max)) == (lo, opt, hi)
+
+
+# ---------------------------------------------------------------------------------------------
+# The build plan
+
+
+def test_build_plan_constructs_without_tensorrt_and_sets_fp16_cache_level_constraints(builds, tiny_repository, specs):
+    assert set(builds) == set(specs)
+    caches = set()
+    for name, build in builds.items():
+        config = build.config
+        assert config.fp16 is True
+        assert config.precision_constraints == "obey"
+        assert config.builder_optimization_level == 3
+        assert config.timing_cache_path == str(build.timing_cache)
+        assert build.engine.timing_cache_path == str(build.timing_cache), "the cache is saved back after the build"
+        assert config.profiles == [build.profile]
+        assert isinstance(build.network, PostprocessNetwork) and build.network._func is build.keep_fp32
+        parser = build.network._network
+        assert isinstance(parser, NetworkFromOnnxPath) and parser.path == str(onnx_path(tiny_repository, name))
+        assert build.save.path == str(build.plan) and build.plan.name == "model.plan"
+        assert build.keep_fp32.rules == FP32_RULES[name]
+        json.dumps(build.describe())
+        caches.add(build.timing_cache)
+    assert len(caches) == 1, "one persistent timing cache shared by all engines"
+    assert not next(iter(caches)).is_relative_to(builds["vae_decoder"].plan.parents[2]), "the cache is not served"
+    if importlib.util.find_spec("tensorrt") is None:
+        assert "tensorrt" not in sys.modules
+
+
+@no_tensorrt
+def test_calling_the_plan_without_tensorrt_raises_polygraphy_exception(builds, monkeypatch):
+    import polygraphy.config
+
+    monkeypatch.setattr(polygraphy.config, "AUTOINSTALL_DEPS", False)
+    build = builds["vae_decoder"]
+    with pytest.raises(PolygraphyException, match=r"needs tensorrt \(pip install -e \.\[gpu\]"):
+        build()
+    # The bare Polygraphy chain fails the same way (the contract DESIGN.md records).
+    with pytest.raises(PolygraphyException, match="tensorrt"):
+        build.save()
+    assert not build.plan.exists()
+
+
+class _FakeTrt:
+    float32, float16, int32 = "float32", "float16", "int32"
+
+
+class _FakeLayer:
+    def __init__(self, name: str, type_name: str, dtype: str = "float32") -> None:
+        self.name = name
+        self.type = types.SimpleNamespace(name=type_name)
+        self.num_outputs = 1
+        self._out = types.SimpleNamespace(dtype=dtype, is_shape_tensor=dtype != "float32")
+        self.precision = None
+        self.output_types: dict[int, str] = {}
+
+    def get_output(self, i: int):
+        return self._out
+
+    def set_output_type(self, i: int, dtype: str) -> None:
+        self.output_types[i] = dtype
+
+
+class _FakeNetwork:
+    def __init__(self, layers: list[_FakeLayer]) -> None:
+        self.layers = layers
+        self.num_layers = len(layers)
+
+    def get_layer(self, i: int) -> _FakeLayer:
+        return self.layers[i]
+
+
+# How TensorRT's ONNX parser types the nodes the rules are about; the rest are elementwise-like.
+_LAYER_TYPES = {"LayerNormalization": "NORMALIZATION", "InstanceNormalization": "NORMALIZATION", "Softmax": "SOFTMAX", "Constant": "CONSTANT", "Shape": "SHAPE"}
+
+
+def _network_like(path: Path) -> _FakeNetwork:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return _FakeNetwork([_FakeLayer(n.name, _LAYER_TYPES.get(n.op_type, n.op_type.upper())) for n in graph.node])
+
+
+def test_fp32_rules_pin_norms_softmax_timestep_embedding_and_reward_head(tiny_repository):
+    pinned = {}
+    for name, rules in FP32_RULES.items():
+        network = _network_like(onnx_path(tiny_repository, name))
+        KeepFp32(rules).apply(network, _FakeTrt)
+        pinned[name] = {l.name: l for l in network.layers if l.precision == "float32"}
+        norms = [l for l in network.layers if l.type.name == "NORMALIZATION"]
+        assert norms and all(l.name in pinned[name] for l in norms), f"{name}: every normalization runs in FP32"
+        assert not any(l.type.name in ("CONSTANT", "SHAPE") for l in pinned[name].values())
+    for name in ("text_encoder", "vae_decoder", "image_reward"):
+        assert any(l.type.name == "SOFTMAX" for l in pinned[name].values()), name
+    for name in UNETS:
+        assert not any(l.type.name == "SOFTMAX" for l in pinned[name].values()), "UNet softmax is left to fused attention"
+        sin = pinned[name]["/unet/time_proj/Sin"]
+        assert sin.output_types == {0: "float32"}, "the timestep embedding stays FP32 downstream"
+        assert "/unet/time_proj/Mul" in pinned[name]
+    head = [l for n, l in pinned["image_reward"].items() if n.startswith("/head/")]
+    assert head and all(l.output_types == {0: "float32"} for l in head)
+    assert "/Div_1" in pinned["image_reward"], "the score normalisation after the head"
+
+
+def test_fp32_rules_leave_integer_and_shape_layers_alone():
+    layers = [_FakeLayer("/unet/time_proj/Shape_int", "GATHER", dtype="int32"), _FakeLayer("/norm1/ReduceMean", "REDUCE")]
+    KeepFp32(FP32_RULES["unet_student"]).apply(_FakeNetwork(layers), _FakeTrt)
+    assert layers[0].precision is None, "forcing FP32 on integer shape math fails the build under 'obey'"
+    assert layers[1].precision == "float32", "a decomposed layer norm is caught by its scope"
+
+
+# ---------------------------------------------------------------------------------------------
+# config.pbtxt
+
+
+def _tensors(config: mc.ModelConfig, kind: str) -> list[tuple]:
+    return [(t.name, t.data_type, list(t.dims), t.HasField("reshape"), list(t.reshape.shape)) for t in getattr(config, kind)]
+
+
+def test_tensorrt_config_is_a_gpu_plan_with_the_specs_tensors(specs):
+    for name, spec in specs.items():
+        config = _parse(tensorrt_component_config(spec, instances=2, gpus=[0]))
+        reference = _parse(component_config(spec))
+        assert config.name == name and config.platform == "tensorrt_plan" and not config.backend
+        assert config.max_batch_size == spec.max_batch
+        assert _tensors(config, "input") == _tensors(reference, "input")
+        assert _tensors(config, "output") == _tensors(reference, "output")
+        assert [t.name for t in config.input] == spec.input_names and [t.name for t in config.output] == spec.output_names
+        assert config.HasField("dynamic_batching")
+        (group,) = config.instance_group
+        assert (group.kind, group.count, list(group.gpus)) == (mc.ModelInstanceGroup.KIND_GPU, 2, [0])
+        assert not config.parameters
+    timestep = _parse(tensorrt_component_config(specs["unet_student"])).input[1]
+    assert (timestep.name, list(timestep.dims), list(timestep.reshape.shape)) == ("timestep", [1], []), "per-row scalar: [B, 1] on the wire, [B] in the engine"
+
+
+def test_python_trt_config_runs_the_plan_from_the_python_backend(specs):
+    config = _parse(tensorrt_component_config(specs["vae_decoder"], backend="python-trt"))
+    assert config.backend == "python" and not config.platform
+    assert config.parameters["plan_file"].string_value == "model.plan"
+    assert config.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value == "no"
+    assert config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+    with pytest.raises(ValueError, match="backend"):
+        tensorrt_component_config(specs["vae_decoder"], backend="onnxruntime")
+
+
+def test_gpu_bls_config_keeps_tensors_on_the_gpu(deployment):
+    config = _parse(gpu_bls_config(deployment, instances=2, gpus=[1]))
+    assert config.name == BLS_MODEL and config.backend == "python"
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    assert params == {"FORCE_CPU_ONLY_INPUT_TENSORS": "no", "device": "cuda", "output_memory": "gpu"}
+    (group,) = config.instance_group
+    assert (group.kind, group.count, list(group.gpus)) == (mc.ModelInstanceGroup.KIND_GPU, 2, [1])
+    assert config.HasField("dynamic_batching")
+
+
+# ---------------------------------------------------------------------------------------------
+# Repository layout
+
+
+def _fake_plans(source: Path, target: Path, names) -> None:
+    shutil.copytree(model_dir(source, BLS_MODEL), model_dir(target, BLS_MODEL))
+    for name in names:
+        version_dir(target, name).mkdir(parents=True)
+        plan_path(target, name).write_bytes(b"not an engine")
+        shutil.copyfile(ORT_TEMPLATE, version_dir(target, name) / "model.py")  # left over from an ORT layout
+
+
+def test_tensorrt_repository_layout(tiny_repository, deployment, tmp_path):
+    target = tmp_path / "repository"
+    _fake_plans(tiny_repository, target, deployment.specs())
+    written = write_tensorrt_repository(target, deployment, placement=Placement(unet_teacher=2))
+    for name in deployment.specs():
+        files = sorted(p.name for p in version_dir(target, name).iterdir())
+        assert files == ["model.plan"], f"{name}: only the plan next to a tensorrt_plan config, got {files}"
+        assert _parse((model_dir(target, name) / "config.pbtxt").read_text()).platform == "tensorrt_plan"
+    assert _parse((model_dir(target, "unet_teacher") / "config.pbtxt").read_text()).instance_group[0].count == 2
+    bls = _parse((model_dir(target, BLS_MODEL) / "config.pbtxt").read_text())
+    assert bls.parameters["device"].string_value == "cuda"
+    assert (version_dir(target, BLS_MODEL) / "model.py").is_file() and (assets_dir(target) / "deployment.json").is_file()
+    assert read_server_args(target) == written.server_args == [f"--cuda-memory-pool-byte-size=0:{written.cuda_pool_bytes}"]
+    assert read_server_args(tiny_repository) == [], "an ONNX Runtime repository needs no extra flags"
+
+
+def test_python_trt_repository_places_the_template(tiny_repository, deployment, tmp_path):
+    target = tmp_path / "repository"
+    _fake_plans(tiny_repository, target, deployment.specs())
+    write_tensorrt_repository(target, deployment, backend="python-trt", gpus=[0])
+    for name in deployment.specs():
+        assert (version_dir(target, name) / "model.py").read_bytes() == TRT_TEMPLATE.read_bytes()
+        assert _parse((model_dir(target, name) / "config.pbtxt").read_text()).backend == "python"
+
+
+def test_missing_plan_is_named(tiny_repository, deployment, tmp_path):
+    target = tmp_path / "repository"
+    _fake_plans(tiny_repository, target, [n for n in deployment.specs() if n != "vae_decoder"])
+    with pytest.raises(FileNotFoundError, match=r"vae_decoder/1/model.plan"):
+        write_tensorrt_repository(target, deployment)
+
+
+def test_python_trt_template_imports_without_tensorrt_and_refuses_cpu_instances(monkeypatch):
+    class TritonModelException(Exception):
+        pass
+
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", types.SimpleNamespace(TritonModelException=TritonModelException))
+    spec = importlib.util.spec_from_file_location("tensorrt_component_model", TRT_TEMPLATE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if importlib.util.find_spec("tensorrt") is None:
+        assert "tensorrt" not in sys.modules
+    args = {"model_config": json.dumps({"name": "vae_decoder", "input": [], "output": []}), "model_instance_kind": "CPU"}
+    with pytest.raises(TritonModelException, match="KIND_GPU"):
+        module.TritonPythonModel().initialize(args)
+
+
+# ---------------------------------------------------------------------------------------------
+# Placement and server flags
+
+
+def test_teacher_share_follows_the_accept_rate():
+    assert teacher_share(1.0, 4, 10) == 0.0
+    assert teacher_share(0.6, 4, 10) == pytest.approx(0.5)
+    assert teacher_share(0.6, 4, 10, cost_ratio=2.0) == pytest.approx(8 / 12)
+    assert Placement.from_accept_rate(0.6, student_steps=4, teacher_steps=10, unet_instances=4) == Placement(unet_student=2, unet_teacher=2)
+    assert Placement.from_accept_rate(1.0, student_steps=4, teacher_steps=10, unet_instances=4).unet_teacher == 1, "the teacher keeps one instance"
+    assert Placement.from_accept_rate(0.0, student_steps=1, teacher_steps=50, unet_instances=4).unet_student == 1, "so does the student"
+    with pytest.raises(ValueError):
+        teacher_share(1.5, 4, 10)
+
+
+def test_cuda_pool_fits_the_largest_component_call(specs):
+    assert cuda_pool_bytes(specs) == MIN_CUDA_POOL_BYTES, "the tiny preset fits the floor"
+    sd15 = {
+        "vae_decoder": vae_decoder_spec(latent_channels=4, latent_size=64, scale=8, max_batch=8),
+        "image_reward": image_reward_spec(image_size=512, text_len=35, max_batch=8),
+        "unet_teacher": unet_spec("unet_teacher", latent_channels=4, latent_size=64, seq_len=77, text_hidden=768, max_batch=16),
+    }
+    one, four = cuda_pool_bytes(sd15, 1), cuda_pool_bytes(sd15, 4)
+    image_bytes = 8 * 3 * 512 * 512 * 4
+    assert four > one and four >= 4 * 2 * 2 * image_bytes and four % 2**26 == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation (Polygraphy comparator) and lint
+
+
+class _Shifted(OnnxrtRunner):
+    """ORT plus a constant: what a mis-built engine looks like to the comparator."""
+
+    def __init__(self, session, name, shift):
+        super().__init__(session, name=name)
+        self.shift = shift
+
+    def infer_impl(self, feed_dict):
+        return {k: v + self.shift for k, v in super().infer_impl(feed_dict).items()}
+
+
+def _ort(path: Path, name: str = "onnxruntime"):
+    return OnnxrtRunner(SessionFromOnnx(str(path), providers=["CPUExecutionProvider"]), name=name)
+
+
+def test_comparator_report_passes_identical_runtimes_and_catches_drift_and_overflow(tiny_repository, specs, tmp_path):
+    spec, path = specs["vae_decoder"], onnx_path(tiny_repository, "vae_decoder")
+    feeds = validation_feeds(spec, batches=[1, 2])
+    same = compare_runners(spec, _ort(path), _ort(path, "tensorrt"), feeds)
+    assert same.passed and [it["batch"] for it in same.iterations] == [1, 2]
+    assert same.iterations[0]["outputs"]["image"].max_absdiff == 0.0
+    drift = compare_runners(spec, _ort(path), _Shifted(SessionFromOnnx(str(path)), "tensorrt", 0.1), feeds, Tolerance(2e-2, 2e-2, "test"))
+    assert not drift.passed and drift.iterations[0]["outputs"]["image"].max_absdiff == pytest.approx(0.1, rel=1e-3)
+    overflow = compare_runners(spec, _ort(path), _Shifted(SessionFromOnnx(str(path)), "tensorrt", np.float32(np.nan)), feeds[:1])
+    assert not overflow.passed and overflow.iterations[0]["outputs"]["image"].finite is False
+    report = json.loads(write_report([same, drift, overflow], tmp_path / "validation.json").read_text())
+    assert report["passed"] is False
+    assert report["components"]["vae_decoder"]["tolerance"]["atol"] > 0
+
+
+def test_onnx_graphs_pass_polygraphy_lint(tiny_repository, specs):
+    for name, spec in specs.items():
+        result = lint_onnx(onnx_path(tiny_repository, name), spec.input_shapes("opt"))
+        assert result.passed, f"{name}: {result.errors[:5]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU
+
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("component", ["text_encoder", "unet_student", "vae_decoder", "image_reward"])
+def test_fp16_engine_matches_onnxruntime(component, builds, specs, tiny_repository):
+    from export.trt_validate import validate_engine
+
+    result = builds[component]()
+    assert result.plan.stat().st_size > 0 and result.fp32_layers, "the FP32 rules matched layers of the real network"
+    report = validate_engine(specs[component], onnx_path(tiny_repository, component), result.plan)
+    assert report.passed, str(report)
