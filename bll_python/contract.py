@@ -29,6 +29,8 @@ class Field:
 
     @property
     def allowed(self) -> str:
+        if self.name == "seed":
+            return "any int64"
         if self.name in LIMITS:
             return str(LIMITS[self.name])
         if self.name == "strategy":

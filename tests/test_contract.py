@@ -1,0 +1,84 @@
+"""The serving contract: one description drives configs, parsing, the client and the README."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bll_python.contract import REQUEST_FIELDS, RESPONSE_FIELDS
+from bll_python.serving import parse_request
+from bll_python.settings import GenerationSettings, SettingsError
+from export.triton_repository import bls_config, component_config
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _col(values, dtype=None):
+    return np.array([[v] for v in values], dtype=dtype or np.object_)
+
+
+def test_readme_contract_tables_list_exactly_the_contract_fields_and_types():
+    rows = re.findall(r"^\| `(\w+)` \| (\w+)", README.read_text(), flags=re.M)
+    documented = dict(rows)
+    for f in REQUEST_FIELDS + RESPONSE_FIELDS:
+        assert documented.get(f.name) == f.client_dtype, f"README documents {f.name} as {documented.get(f.name)}, the contract says {f.client_dtype}"
+
+
+def test_bls_config_declares_every_contract_field_with_its_type(deployment):
+    config = bls_config(deployment)
+    for f in REQUEST_FIELDS + RESPONSE_FIELDS:
+        block = re.search(r'name: "%s"\s+data_type: (\w+)\s+dims: \[([^\]]*)\]' % f.name, config)
+        assert block, f"{f.name} missing from the BLS config"
+        assert block.group(1) == f.triton_dtype
+    assert f"max_batch_size: {deployment.max_rows}" in config
+    assert "dynamic_batching" in config
+    size = deployment.image_size
+    assert re.search(r'name: "image"\s+data_type: TYPE_UINT8\s+dims: \[ %d, %d, 3 \]' % (size, size), config)
+    optional = re.findall(r'name: "(\w+)"[^}]*optional: true', config)
+    assert sorted(optional) == sorted(f.name for f in REQUEST_FIELDS if f.optional)
+
+
+def test_component_configs_come_from_the_specs(deployment):
+    for name, spec in deployment.specs().items():
+        config = component_config(spec)
+        assert f'name: "{name}"' in config and f"max_batch_size: {spec.max_batch}" in config
+        for t in spec.inputs + spec.outputs:
+            assert f'name: "{t.name}"\n    data_type: {t.triton_dtype}' in config
+    unet = component_config(deployment.specs()["unet_teacher"])
+    # The per-row timestep is [B] for the model and [B, 1] on the wire.
+    assert re.search(r'name: "timestep"\s+data_type: TYPE_FP32\s+dims: \[ 1 \]\s+reshape: \{ shape: \[ \] \}', unet)
+
+
+def test_a_request_parses_into_one_row_per_prompt_with_defaults_filled_in():
+    defaults = GenerationSettings(student_steps=5, teacher_steps=10)
+    rows = parse_request({"prompt": _col([b"a fox", b"a cat"]), "seed": _col([7, 8], np.int64), "k": _col([30.0], np.float32).repeat(2, 0)}, defaults)
+    assert [r.prompt for r in rows] == ["a fox", "a cat"] and [r.seed for r in rows] == [7, 8]
+    assert rows[0].settings.k == 30.0 and rows[0].settings.tau is None and rows[0].settings.student_steps == 5
+
+
+@pytest.mark.parametrize(
+    "tensors, field, fragment",
+    [
+        ({"prompt": _col([b""])}, "prompt", "empty"),
+        ({"prompt": _col([b"\xff\xfe"])}, "prompt", "UTF-8"),
+        ({"prompt": _col([b"x"]), "student_steps": _col([0], np.int32)}, "student_steps", "[1, 50]"),
+        ({"prompt": _col([b"x"]), "teacher_steps": _col([101], np.int32)}, "teacher_steps", "[1, 100]"),
+        ({"prompt": _col([b"x"]), "guidance_scale": _col([np.inf], np.float32)}, "guidance_scale", "[0, 30]"),
+        ({"prompt": _col([b"x"]), "guidance_scale": _col([-1.0], np.float32)}, "guidance_scale", "[0, 30]"),
+        ({"prompt": _col([b"x"]), "tau": _col([np.nan], np.float32)}, "tau", "NaN"),
+        ({"prompt": _col([b"x"]), "tau": _col([0.1], np.float32), "k": _col([50.0], np.float32)}, "tau", "not both"),
+        ({"prompt": _col([b"x"]), "k": _col([101.0], np.float32)}, "k", "[0, 100]"),
+        ({"prompt": _col([b"x"]), "sigma": _col([0.0], np.float32)}, "sigma", "(0, 1]"),
+        ({"prompt": _col([b"x"]), "strategy": _col([b"fastest"])}, "strategy", "refine"),
+        ({"prompt": _col([b"x"]), "student_steps": _col([2.5], np.float32)}, "student_steps", "INT32"),
+        ({"prompt": _col([b"x"]), "seed": np.array([1, 2], dtype=np.int64)}, "seed", "shape"),
+        ({"negative_prompt": _col([b"x"])}, "prompt", "required"),
+    ],
+)
+def test_bad_input_names_the_field_and_the_allowed_range(tensors, field, fragment):
+    with pytest.raises(SettingsError) as err:
+        parse_request(tensors, GenerationSettings())
+    assert err.value.field == field and fragment in str(err.value), str(err.value)
