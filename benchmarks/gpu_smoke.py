@@ -104,8 +104,8 @@ def environment() -> dict[str, Any]:
         import tensorrt
 
         info["tensorrt"] = tensorrt.__version__
-    except ImportError:
-        info["tensorrt"] = None
+    except Exception as exc:  # missing, or installed without its CUDA libraries
+        info["tensorrt"] = None if isinstance(exc, ModuleNotFoundError) else f"import failed: {exc}"
     info["gpu_blocker"] = tensorrt_unavailable_reason()
     return info
 
@@ -236,7 +236,7 @@ def compare_served(source: Path, server: ServedRepository, min_psnr: float, max_
     return {"images": rows}
 
 
-def perf_sweep(server: ServedRepository, out: Path, concurrency: Sequence[int]) -> dict[str, Any]:
+def perf_sweep(server: ServedRepository, out: Path, concurrency_range: str) -> dict[str, Any]:
     from export.serve import perf_analyzer_command, perf_analyzer_env
 
     data = out / "perf_input.json"
@@ -244,8 +244,9 @@ def perf_sweep(server: ServedRepository, out: Path, concurrency: Sequence[int]) 
     csv_path = out / "perf_analyzer.csv"
     cmd = perf_analyzer_command() + [
         "-m", "adaptive_diffusion", "-u", f"127.0.0.1:{server.grpc}", "-i", "grpc",
-        "--input-data", str(data), "--concurrency-range", f"{min(concurrency)}:{max(concurrency)}:{max(1, min(concurrency))}",
-        "--measurement-mode", "count_windows", "--measurement-request-count", "8", "--max-trials", "5", "-f", str(csv_path),
+        "--input-data", str(data), "--concurrency-range", concurrency_range,
+        "--measurement-mode", "count_windows", "--measurement-request-count", "8", "--max-trials", "5",
+        "--stability-percentage", "50", "-f", str(csv_path),  # a smoke sweep, not a benchmark: loose stability
     ]
     done = subprocess.run(cmd, env=perf_analyzer_env(), capture_output=True, text=True, timeout=900)
     (out / "perf_analyzer.log").write_text(done.stdout + done.stderr)
@@ -270,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--opt-level", type=int, default=3, help="TensorRT builder optimization level")
     parser.add_argument("--min-psnr", type=float, default=30.0, help="served vs in-process image agreement (dB)")
     parser.add_argument("--max-score-diff", type=float, default=0.05, help="served vs in-process ImageReward score agreement")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4], help="perf_analyzer concurrency levels")
+    parser.add_argument("--concurrency-range", default="1:4:1", help="perf_analyzer --concurrency-range start:end:step")
     parser.add_argument("--ready-timeout", type=float, default=300.0, help="seconds for the server to load the engines")
     args = parser.parse_args(argv)
 
@@ -298,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         smoke.run("serve", server.start if server else lambda: None)
         smoke.run("served vs onnxruntime in-process", lambda: compare_served(source, server, args.min_psnr, args.max_score_diff))
-        smoke.run("perf_analyzer sweep", lambda: perf_sweep(server, out, args.concurrency))
+        smoke.run("perf_analyzer sweep", lambda: perf_sweep(server, out, args.concurrency_range))
     finally:
         if server is not None:
             server.stop()

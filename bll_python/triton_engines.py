@@ -17,11 +17,16 @@ from bll_python.specs import ComponentSpec
 
 
 class TritonEngine:
-    def __init__(self, pb_utils: ModuleType, spec: ComponentSpec, *, timeout_ms: int = 0, gpu: bool = False) -> None:
+    def __init__(self, pb_utils: ModuleType, spec: ComponentSpec, *, timeout_ms: int = 0, device: str = "cpu") -> None:
         self.pb = pb_utils
         self.spec = spec
         self.timeout_ms = timeout_ms
-        self.gpu = gpu
+        self.gpu = device.startswith("cuda")
+        self.request_kwargs: dict = {"timeout": timeout_ms * 1000} if timeout_ms else {}  # microseconds
+        if self.gpu:
+            # Ask the component to answer in this GPU's memory, so outputs stay device tensors.
+            device_id = int(device.partition(":")[2] or 0)
+            self.request_kwargs["preferred_memory"] = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_GPU, device_id)
 
     def _tensor(self, name: str, value: torch.Tensor):
         if value.dim() == 1:
@@ -37,12 +42,11 @@ class TritonEngine:
         return torch.from_numpy(tensor.as_numpy())
 
     def _run(self, inputs: Tensors) -> dict[str, torch.Tensor]:
-        kwargs = {"timeout": self.timeout_ms * 1000} if self.timeout_ms else {}
         request = self.pb.InferenceRequest(
             model_name=self.spec.name,
             requested_output_names=self.spec.output_names,
             inputs=[self._tensor(n, v) for n, v in cast_inputs(self.spec, inputs).items()],
-            **kwargs,
+            **self.request_kwargs,
         )
         try:
             response = request.exec()

@@ -30,8 +30,8 @@ FP16 overflow guards (``FP32_RULES``, one tuple of rules per component; each rul
 - ImageReward's head and its root-scope ops (pixel normalisation before the ViT, ``(r - mean) / std``
   after the head): the score is compared with ``tau`` to 3-4 digits, beyond FP16's ~3.
 
-Only floating-point, non-shape layers are pinned: shape arithmetic and integer layers keep their
-types, since forcing them under "obey" fails the build.
+Only floating-point, non-shape layers are pinned: shape arithmetic, casts and integer layers keep
+their types, since forcing them under "obey" fails the build.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from typing import Any, Mapping
 
 from polygraphy.backend.trt import CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, PostprocessNetwork, Profile, SaveEngine
 from polygraphy.exception import PolygraphyException
+from polygraphy.logger import G_LOGGER
 
 from bll_python.layout import onnx_path, plan_path
 from bll_python.specs import ComponentSpec
@@ -130,8 +131,9 @@ FP32_RULES: dict[str, tuple[Fp32Rule, ...]] = {
     "image_reward": (NORMALIZATION, SOFTMAX, REWARD_HEAD, REWARD_ROOT_OPS),
 }
 
-# Never pinned: they carry no float math, and shape tensors must keep their integer types.
-_UNPINNABLE = {"CONSTANT", "SHAPE", "IDENTITY", "ASSERTION", "CONDITION", "CONDITIONAL_INPUT", "CONDITIONAL_OUTPUT"}
+# Never pinned: they carry no float math. Layers whose data input (input 0) or outputs are not
+# floating point, or are shape tensors, are skipped too: integer math must keep its types.
+_UNPINNABLE = {"CONSTANT", "SHAPE", "IDENTITY", "CAST", "ASSERTION", "CONDITION", "CONDITIONAL_INPUT", "CONDITIONAL_OUTPUT"}
 
 
 class KeepFp32:
@@ -143,7 +145,6 @@ class KeepFp32:
     def __init__(self, rules: tuple[Fp32Rule, ...]) -> None:
         self.rules = tuple(rules)
         self.marked: list[str] = []
-        self.__name__ = "keep_fp32"  # Polygraphy names the step after it in its log
 
     def __call__(self, network: Any) -> None:
         from polygraphy.mod.trt_importer import lazy_import_trt
@@ -154,12 +155,14 @@ class KeepFp32:
         """Pin the matching layers of ``network``; ``trt`` is the tensorrt module (a stand-in in tests)."""
         floats = {trt.float32, trt.float16}
         self.marked = []
+        hit: set[Fp32Rule] = set()
         for index in range(network.num_layers):
             layer = network.get_layer(index)
             if layer.type.name in _UNPINNABLE:
                 continue
             outs = [layer.get_output(i) for i in range(layer.num_outputs)]
-            if not outs or any(t.dtype not in floats or t.is_shape_tensor for t in outs):
+            data = layer.get_input(0) if layer.num_inputs else None
+            if data is None or data.dtype not in floats or not outs or any(t.dtype not in floats or t.is_shape_tensor for t in outs):
                 continue
             rule = next((r for r in self.rules if r.matches(layer.type.name, layer.name)), None)
             if rule is None:
@@ -169,6 +172,10 @@ class KeepFp32:
                 for i in range(layer.num_outputs):
                     layer.set_output_type(i, trt.float32)
             self.marked.append(layer.name)
+            hit.add(rule)
+        for rule in self.rules:
+            if rule not in hit:  # renamed modules or a new exporter would silently drop a guard
+                G_LOGGER.warning(f"FP32 rule matched no layer: {rule.why}")
         return self.marked
 
 

@@ -123,8 +123,8 @@ def gpu_bls_config(deployment: Deployment, *, instances: int = 1, gpus: Sequence
     text = bls_config(deployment, instances=instances, kind="KIND_GPU")
     if gpus:
         text = text.replace(_instance_group(instances, "KIND_GPU"), _instance_group(instances, "KIND_GPU", gpus))
-    # "device" and "output_memory" are read by the BLS model.py; FORCE_CPU_ONLY_INPUT_TENSORS by the backend.
-    return text + _parameters({"FORCE_CPU_ONLY_INPUT_TENSORS": "no", "device": "cuda", "output_memory": "gpu"})
+    # "device" is read by the BLS model.py (GPU tensors + preferred GPU output memory); FORCE_CPU_ONLY_INPUT_TENSORS by the backend.
+    return text + _parameters({"FORCE_CPU_ONLY_INPUT_TENSORS": "no", "device": "cuda"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,7 +250,7 @@ def build_tensorrt_repository(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export.trt_repository", description="Build FP16 TensorRT engines from an ONNX Runtime repository and write a GPU repository.")
-    parser.add_argument("--source", type=Path, required=True, help="ONNX Runtime repository (python -m export ...)")
+    parser.add_argument("--source", type=Path, required=True, help="ONNX Runtime repository written by export.build")
     parser.add_argument("--target", type=Path, required=True, help="TensorRT repository to write")
     parser.add_argument("--backend", choices=BACKENDS, default="tensorrt", help="tensorrt: NVIDIA container; python-trt: pip server")
     parser.add_argument("--gpus", type=int, nargs="*", help="device ids for instance_group (default: every visible GPU)")

@@ -145,13 +145,17 @@ class _FakeTrt:
 
 
 class _FakeLayer:
-    def __init__(self, name: str, type_name: str, dtype: str = "float32") -> None:
+    def __init__(self, name: str, type_name: str, dtype: str = "float32", input_dtype: str | None = None) -> None:
         self.name = name
         self.type = types.SimpleNamespace(name=type_name)
-        self.num_outputs = 1
+        self.num_inputs = self.num_outputs = 1
+        self._in = types.SimpleNamespace(dtype=input_dtype or dtype)
         self._out = types.SimpleNamespace(dtype=dtype, is_shape_tensor=dtype != "float32")
         self.precision = None
         self.output_types: dict[int, str] = {}
+
+    def get_input(self, i: int):
+        return self._in
 
     def get_output(self, i: int):
         return self._out
@@ -202,10 +206,15 @@ def test_fp32_rules_pin_norms_softmax_timestep_embedding_and_reward_head(tiny_re
 
 
 def test_fp32_rules_leave_integer_and_shape_layers_alone():
-    layers = [_FakeLayer("/unet/time_proj/Shape_int", "GATHER", dtype="int32"), _FakeLayer("/norm1/ReduceMean", "REDUCE")]
+    layers = [
+        _FakeLayer("/unet/time_proj/Gather_int", "GATHER", dtype="int32"),
+        _FakeLayer("/unet/time_proj/Mul_from_int", "ELEMENTWISE", input_dtype="int32"),
+        _FakeLayer("/unet/time_proj/Cast", "CAST"),
+        _FakeLayer("/norm1/ReduceMean", "REDUCE"),
+    ]
     KeepFp32(FP32_RULES["unet_student"]).apply(_FakeNetwork(layers), _FakeTrt)
-    assert layers[0].precision is None, "forcing FP32 on integer shape math fails the build under 'obey'"
-    assert layers[1].precision == "float32", "a decomposed layer norm is caught by its scope"
+    assert [l.precision for l in layers[:3]] == [None] * 3, "forcing FP32 on integer math or casts fails the build under 'obey'"
+    assert layers[3].precision == "float32", "a decomposed layer norm is caught by its scope"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,8 +38,17 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.deployment = Deployment.load(assets_dir(repository))
-        engines = triton_engines(pb_utils, self.deployment.specs(), timeout_ms=int(params.get("component_timeout_ms", "0")))
-        pipeline = AdaptivePipeline(engines, self.deployment, load_tokenizers(repository, self.deployment))
+        # The tensorrt repository asks for "cuda": tensors then stay on this instance's GPU.
+        device = params.get("device", "cpu")
+        if device == "cuda":
+            device = f"cuda:{args['model_instance_device_id']}"
+        engines = triton_engines(
+            pb_utils,
+            self.deployment.specs(),
+            timeout_ms=int(params.get("component_timeout_ms", "0")),
+            device=device,
+        )
+        pipeline = AdaptivePipeline(engines, self.deployment, load_tokenizers(repository, self.deployment), device=device)
         self.runner = BatchRunner(pipeline, self.deployment.max_rows)
         self.metrics = ServingMetrics(pb_utils)
 
