@@ -126,8 +126,12 @@ def ensure_repository(preset: str = "tiny", root: Path = DEFAULT_ROOT, *, calibr
     """The preset's repository, exported first if missing (random weights, real formats)."""
     from export.presets import write_preset
 
+    from export.triton_repository import write_onnxruntime_repository
+
     repository = preset_repository(preset, root)
     if (assets_dir(repository) / MANIFEST).is_file():
+        # Weights are reused; configs and model.py files are rewritten so code changes take effect.
+        write_onnxruntime_repository(repository, Deployment.load(assets_dir(repository)))
         return repository
     checkpoints = write_preset(Path(root) / preset / "checkpoints", preset)
     prompts = read_prompts(CALIBRATION_PROMPTS)[:calibration_prompts] if CALIBRATION_PROMPTS.is_file() else None
