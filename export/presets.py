@@ -138,6 +138,107 @@ def write_cd_student(directory: Path, preset: str = "tiny", seed: int = 100) -> 
     return directory
 
 
+def write_lcm_student(directory: Path, preset: str = "tiny", seed: int = 200, time_cond_proj_dim: int = 256) -> Path:
+    """A latent consistency UNet with LCM's guidance embedding (LCM_Dreamshaper_v7 layout: ``unet/`` + ``scheduler/``).
+
+    256 is the published ``time_cond_proj_dim``; the embedding of ``w`` enters through ``cond_proj``.
+    """
+    from diffusers import LCMScheduler
+
+    unet = _unet(PRESETS[preset], seed, time_cond_proj_dim=time_cond_proj_dim)
+    _scale_out_init(unet.conv_out, 4.0)
+    # Random init leaves cond_proj's contribution small next to the timestep's; a larger gain makes
+    # a wrong guidance scale visible in the output.
+    _scale_out_init(unet.time_embedding.cond_proj, 8.0)
+    unet.save_pretrained(directory / "unet", safe_serialization=True)
+    LCMScheduler.from_config(SD15_SCHEDULE).save_pretrained(directory / "scheduler")
+    return directory
+
+
+LORA_FILE = "pytorch_lora_weights.safetensors"
+# The layers LCM-LoRA / Hyper-SD / Flash adapt, trimmed to one of each kind: attention
+# projections (Linear), the transformer's 1x1 proj_in (Conv2d in SD1.5) and a resnet 3x3 conv.
+LORA_TARGETS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0", "proj_in", "resnets.0.conv1")
+# The key layout each kind's published file uses, so the tiny checkpoint exercises that path.
+LORA_LAYOUTS = {"lcm-lora": "kohya", "hyper-sd": "kohya", "flash": "diffusers"}
+_LORA_SEEDS = {"lcm-lora": 300, "hyper-sd": 400, "flash": 500}
+
+
+def lora_tensors(preset: str = "tiny", seed: int = 300, rank: int = 4) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Random LoRA factors ``{module: (down [r, in, ...], up [out, r, ...])}`` for the preset's UNet."""
+    from torch import nn
+
+    cfg = PRESETS[preset]
+    with torch.device("meta"):  # only the module shapes are needed
+        unet = _unet(cfg, 0)
+    gen = torch.Generator().manual_seed(seed)
+    factors = {}
+    for name, module in unet.named_modules():
+        if not name.endswith(LORA_TARGETS):
+            continue
+        if isinstance(module, nn.Linear):
+            fan_in, down_shape, up_shape = module.in_features, (rank, module.in_features), (module.out_features, rank)
+        else:
+            fan_in = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
+            down_shape, up_shape = (rank, module.in_channels, *module.kernel_size), (module.out_channels, rank, 1, 1)
+        # B @ A moves a layer's output by about half its base weight's: clearly visible, never dominant.
+        down = torch.randn(down_shape, generator=gen) / fan_in**0.5
+        up = 0.5 * torch.randn(up_shape, generator=gen) / rank**0.5
+        factors[name] = (down, up)
+    return factors
+
+
+def write_lora_student(directory: Path, kind: str = "lcm-lora", layout: str | None = None, preset: str = "tiny", seed: int | None = None, rank: int = 4) -> Path:
+    """A random UNet LoRA for the preset's teacher as ``pytorch_lora_weights.safetensors``; returns the file.
+
+    ``layout="diffusers"``: ``unet.<module>.lora_A.weight`` / ``lora_B.weight`` (peft, scale 1).
+    ``layout="kohya"``: ``lora_unet_<module_with_underscores>.lora_down.weight`` / ``lora_up.weight``
+    / ``alpha``. Alpha is rank / 2 and ``lora_up`` is doubled to compensate, so both layouts of one
+    seed encode the same update and a loader that ignored alpha would be caught.
+    ``layout="diffusers-legacy"``: diffusers' pre-peft keys (``unet.<block>.processor.to_q_lora.down.weight``,
+    ``unet.<module>.lora.up.weight``), which older published LoRA files still use.
+    """
+    from safetensors.torch import save_file
+
+    layout = layout or LORA_LAYOUTS.get(kind, "diffusers")
+    if layout not in ("diffusers", "kohya", "diffusers-legacy"):
+        raise ValueError(f"unknown LoRA layout {layout!r}; choose diffusers, kohya or diffusers-legacy")
+    legacy_processor = {"attn1.to_q": "to_q_lora", "attn1.to_k": "to_k_lora", "attn1.to_v": "to_v_lora", "attn1.to_out.0": "to_out_lora"}
+    legacy_processor.update({k.replace("attn1", "attn2"): v for k, v in legacy_processor.items()})
+    factors = lora_tensors(preset, _LORA_SEEDS.get(kind, 300) if seed is None else seed, rank)
+    state: dict[str, torch.Tensor] = {}
+    alpha = rank / 2
+    for name, (down, up) in factors.items():
+        if layout == "diffusers":
+            state[f"unet.{name}.lora_A.weight"] = down
+            state[f"unet.{name}.lora_B.weight"] = up
+        elif layout == "diffusers-legacy":
+            proj = next((k for k in legacy_processor if name.endswith("." + k)), None)
+            prefix = f"unet.{name[: -len(proj)]}{proj.split('.')[0]}.processor.{legacy_processor[proj]}" if proj else f"unet.{name}.lora"
+            state[f"{prefix}.down.weight"] = down
+            state[f"{prefix}.up.weight"] = up
+        else:
+            key = "lora_unet_" + name.replace(".", "_")
+            state[f"{key}.lora_down.weight"] = down
+            state[f"{key}.lora_up.weight"] = up * (rank / alpha)
+            state[f"{key}.alpha"] = torch.tensor(alpha)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LORA_FILE
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata={"format": "pt"})
+    return path
+
+
+def write_student(kind: str, directory: Path, preset: str = "tiny", layout: str | None = None) -> Path:
+    """A tiny checkpoint of ``kind`` in its real format; returns what ``--student`` takes."""
+    if kind == "cd":
+        return write_cd_student(directory, preset)
+    if kind == "lcm":
+        return write_lcm_student(directory, preset)
+    if kind in LORA_LAYOUTS:
+        return write_lora_student(directory, kind, layout, preset)
+    raise ValueError(f"no tiny writer for student kind {kind!r}; choose one of {['cd', 'lcm', *LORA_LAYOUTS]}")
+
+
 def write_preset(root: Path, preset: str = "tiny") -> dict[str, Path]:
     """Write teacher, student and ImageReward checkpoints under ``root``; return their paths."""
     from export.image_reward import CONFIG_NAME, write_tiny_image_reward

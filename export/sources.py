@@ -1,8 +1,14 @@
-"""Load checkpoints (teacher pipeline folder, student, ImageReward) into exportable torch modules."""
+"""Load checkpoints (teacher pipeline folder, student, ImageReward) into exportable torch modules.
+
+The student is whatever its kind says (a full UNet, or a LoRA fused into a fresh copy of the
+teacher UNet); either way it leaves here as one plain ``UNet2DConditionModel``, and the teacher
+UNet stays unfused.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +16,17 @@ from torch import nn
 
 from bll_python.deployment import SchedulerRecipe
 from export import wrappers
-from export.students import SourceError, StudentKind, load_full_unet, student_kind, teacher_recipe
+from export.students import (
+    SourceError,
+    StudentKind,
+    apply_sampler_overrides,
+    check_sampler_overrides,
+    load_unet_folder,
+    student_kind,
+    teacher_recipe,
+)
+
+TEACHER_PARTS = ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
 @dataclass
@@ -20,6 +36,8 @@ class Sources:
     student_kind: str
     reward: Path
     reward_config: Path | None = None
+    # Tunable sampler ``step`` arguments of the kind, e.g. ``{"eta": 0.5}`` for hyper-sd's TCD.
+    sampler_overrides: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -44,35 +62,73 @@ def _require_dir(path: Path, what: str, must_have: tuple[str, ...]) -> None:
         raise SourceError(f"{what}: {path} is missing {missing}")
 
 
+def _checked(load: Any, folder: Path, what: str) -> Any:
+    """``from_pretrained`` that refuses missing weights (both libraries only log them)."""
+    try:
+        model, info = load(folder, local_files_only=True, output_loading_info=True)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise SourceError(f"{what}: cannot load {folder}: {' '.join(str(err).split())}") from err
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise SourceError(f"{what}: {folder} lacks {len(missing)} weight(s) its config needs, e.g. {missing[:3]}")
+    return model.eval()
+
+
 def load_teacher(path: Path) -> dict[str, Any]:
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import AutoencoderKL
     from transformers import CLIPTextModel
 
-    _require_dir(path, "teacher", ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler"))
-    import json
-
-    schedule = {k: v for k, v in json.loads((path / "scheduler" / "scheduler_config.json").read_text()).items() if not k.startswith("_")}
+    _require_dir(path, "teacher", TEACHER_PARTS)
+    schedule_file = path / "scheduler" / "scheduler_config.json"
+    if not schedule_file.is_file():
+        raise SourceError(f"teacher: {schedule_file} does not exist")
+    schedule = {k: v for k, v in json.loads(schedule_file.read_text()).items() if not k.startswith("_")}
     return {
-        "text_encoder": CLIPTextModel.from_pretrained(path / "text_encoder", local_files_only=True),
-        "unet": UNet2DConditionModel.from_pretrained(path / "unet", local_files_only=True),
-        "vae": AutoencoderKL.from_pretrained(path / "vae", local_files_only=True),
+        "text_encoder": _checked(CLIPTextModel.from_pretrained, path / "text_encoder", "teacher text_encoder"),
+        "unet": load_unet_folder(path / "unet", "teacher"),
+        "vae": _checked(AutoencoderKL.from_pretrained, path / "vae", "teacher vae"),
         "schedule": schedule,
         "tokenizer_dir": path / "tokenizer",
     }
 
 
+def _check_paths(sources: Sources, kind: StudentKind) -> None:
+    """Everything that can be checked without loading a weight, so a typo fails in milliseconds."""
+    _require_dir(Path(sources.teacher), "teacher", TEACHER_PARTS)
+    if not Path(sources.student).exists():
+        raise SourceError(f"student: {sources.student} does not exist")
+    reward = Path(sources.reward)
+    if not reward.exists():
+        raise SourceError(f"reward: ImageReward checkpoint {reward} does not exist")
+    if not reward.is_file():
+        raise SourceError(f"reward: {reward} is a folder; pass the ImageReward.pt file itself")
+    if sources.reward_config is not None and not Path(sources.reward_config).is_file():
+        raise SourceError(f"reward config: {sources.reward_config} does not exist")
+    check_sampler_overrides(kind, sources.sampler_overrides)
+
+
+def _check_student_fits(student: nn.Module, teacher: nn.Module) -> None:
+    # The two UNets share the text encoder, the latents and the VAE.
+    for attr in ("cross_attention_dim", "in_channels", "out_channels", "sample_size"):
+        got, want = getattr(student.config, attr), getattr(teacher.config, attr)
+        if got != want:
+            raise SourceError(f"student: {attr} {got} does not match the teacher's {want}")
+
+
 def load_sources(sources: Sources) -> LoadedModels:
-    from export.image_reward import load_image_reward
+    from export.image_reward import CheckpointError, load_image_reward
 
     kind = student_kind(sources.student_kind)
+    _check_paths(sources, kind)
     teacher = load_teacher(Path(sources.teacher))
-    student_unet = load_full_unet(Path(sources.student))
-    reward = load_image_reward(Path(sources.reward), sources.reward_config)
+    student_unet = kind.load_unet(Path(sources.student), Path(sources.teacher))
+    try:
+        reward = load_image_reward(Path(sources.reward), sources.reward_config)
+    except (CheckpointError, FileNotFoundError, ValueError) as err:
+        raise SourceError(f"reward: {' '.join(str(err).split())}") from err
     vae, unet, clip = teacher["vae"], teacher["unet"], teacher["text_encoder"]
-    if student_unet.config.cross_attention_dim != unet.config.cross_attention_dim:
-        raise SourceError(
-            f"student: cross_attention_dim {student_unet.config.cross_attention_dim} does not match the teacher's {unet.config.cross_attention_dim}"
-        )
+    _check_student_fits(student_unet, unet)
+    student_scheduler = apply_sampler_overrides(kind, kind.scheduler(Path(sources.student), teacher["schedule"]), sources.sampler_overrides)
     dims = dict(
         seq_len=clip.config.max_position_embeddings,
         text_hidden=clip.config.hidden_size,
@@ -92,7 +148,7 @@ def load_sources(sources: Sources) -> LoadedModels:
         modules={k: m.eval() for k, m in modules.items()},
         tokenizer_dir=teacher["tokenizer_dir"],
         teacher_scheduler=teacher_recipe(teacher["schedule"]),
-        student_scheduler=kind.scheduler(Path(sources.student), teacher["schedule"]),
+        student_scheduler=student_scheduler,
         kind=kind,
         dims=dims,
         raw={"text_encoder": clip, "unet_teacher": unet, "unet_student": student_unet, "vae": vae, "schedule": teacher["schedule"]},
