@@ -76,15 +76,35 @@ class TorchEngine:
         return run_in_chunks(self.spec, inputs, self._run)
 
 
+def ort_session_options(threads: int = 0, allow_spinning: bool = False):
+    """Session options shared by the served component models and the in-process engines.
+
+    Spin-waiting pool threads keep a core busy after each run while the next stage (another
+    process when served) needs it, so spinning is off unless asked for; ``threads=0`` is ORT's default.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+    return options
+
+
 class OrtEngine:
     """An ONNX Runtime session over the exported graph (the CPU serving runtime)."""
 
-    def __init__(self, onnx_path: Path, spec: ComponentSpec, providers: list[str] | None = None, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        onnx_path: Path,
+        spec: ComponentSpec,
+        providers: list[str] | None = None,
+        threads: int = 0,
+        allow_spinning: bool = False,
+    ) -> None:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
+        options = ort_session_options(threads, allow_spinning)
         self.session = ort.InferenceSession(str(onnx_path), options, providers=providers or ["CPUExecutionProvider"])
         self.spec = spec
         names = [i.name for i in self.session.get_inputs()]
@@ -129,8 +149,14 @@ class Engines:
         return [(f.name, getattr(self, f.name)) for f in fields(self)]
 
 
-def repository_ort_engines(repository: Path, specs: Mapping[str, ComponentSpec], threads: int | None = None) -> Engines:
-    """ONNX Runtime engines over the graphs of a generated model repository."""
-    from bll_python.layout import onnx_path
+def repository_ort_engines(repository: Path, specs: Mapping[str, ComponentSpec]) -> Engines:
+    """ONNX Runtime engines over a generated repository's graphs, with the session settings each
+    served component reads from its ``config.pbtxt``, so in-process and served compute the same way."""
+    from bll_python.layout import component_parameters, onnx_path
 
-    return Engines(**{name: OrtEngine(onnx_path(repository, name), spec, threads=threads) for name, spec in specs.items()})
+    engines = {}
+    for name, spec in specs.items():
+        params = component_parameters(repository, name)
+        threads, spinning = int(params.get("intra_op_threads", "0") or 0), params.get("allow_spinning", "0") == "1"
+        engines[name] = OrtEngine(onnx_path(repository, name), spec, threads=threads, allow_spinning=spinning)
+    return Engines(**engines)

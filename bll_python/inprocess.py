@@ -15,7 +15,8 @@ def load_tokenizers(repository: Path, deployment: Deployment) -> PromptTokenizer
     return PromptTokenizers(clip_tokenizer_dir(repository), reward_vocab(repository), deployment.reward_text_len)
 
 
-def inprocess_pipeline(repository: Path, threads: int | None = None) -> AdaptivePipeline:
+def inprocess_pipeline(repository: Path) -> AdaptivePipeline:
+    """The served graphs with the served session settings, minus Triton: the in-process limit."""
     deployment = Deployment.load(assets_dir(repository))
-    engines = repository_ort_engines(repository, deployment.specs(), threads=threads)
+    engines = repository_ort_engines(repository, deployment.specs())
     return AdaptivePipeline(engines, deployment, load_tokenizers(repository, deployment))

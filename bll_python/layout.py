@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+_PARAMETER = re.compile(r'parameters\s*\{\s*key:\s*"(\w+)"\s*value:\s*\{\s*string_value:\s*"([^"]*)"\s*\}\s*\}')
 
 BLS_MODEL = "adaptive_diffusion"
 VERSION = "1"
@@ -35,3 +38,9 @@ def clip_tokenizer_dir(repository: Path) -> Path:
 
 def reward_vocab(repository: Path) -> Path:
     return assets_dir(repository) / "reward_tokenizer" / "vocab.txt"
+
+
+def component_parameters(repository: Path, name: str) -> dict[str, str]:
+    """The ``parameters`` block of a model's ``config.pbtxt`` (empty when it has none)."""
+    config = model_dir(repository, name) / "config.pbtxt"
+    return dict(_PARAMETER.findall(config.read_text())) if config.is_file() else {}

@@ -256,7 +256,8 @@ def test_gpu_bls_config_keeps_tensors_on_the_gpu(deployment):
     config = _parse(gpu_bls_config(deployment, instances=2, gpus=[1]))
     assert config.name == BLS_MODEL and config.backend == "python"
     params = {k: v.string_value for k, v in config.parameters.items()}
-    assert params == {"FORCE_CPU_ONLY_INPUT_TENSORS": "no", "device": "cuda"}
+    # On top of the CPU BLS parameters (e.g. component_timeout_ms), the GPU ones:
+    assert params["FORCE_CPU_ONLY_INPUT_TENSORS"] == "no" and params["device"] == "cuda"
     (group,) = config.instance_group
     assert (group.kind, group.count, list(group.gpus)) == (mc.ModelInstanceGroup.KIND_GPU, 2, [1])
     assert config.HasField("dynamic_batching")

@@ -11,6 +11,8 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
+from bll_python.engines import ort_session_options
+
 
 class TritonPythonModel:
     def initialize(self, args):
@@ -18,10 +20,8 @@ class TritonPythonModel:
         self.name = config["name"]
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         here = os.path.join(args["model_repository"], args["model_version"])
-        options = ort.SessionOptions()
         threads = int(params.get("intra_op_threads", "0") or 0)
-        if threads:
-            options.intra_op_num_threads = threads
+        options = ort_session_options(threads, params.get("allow_spinning", "0") == "1")
         self.session = ort.InferenceSession(os.path.join(here, params.get("onnx_file", "model.onnx")), options, providers=["CPUExecutionProvider"])
         self.inputs = [i["name"] for i in config["input"]]
         self.outputs = [o["name"] for o in config["output"]]
@@ -30,7 +30,10 @@ class TritonPythonModel:
         try:
             per_request = [[pb_utils.get_input_tensor_by_name(r, n).as_numpy() for n in self.inputs] for r in requests]
             sizes = [arrays[0].shape[0] for arrays in per_request]
-            feeds = {n: np.concatenate([arrays[k] for arrays in per_request]) for k, n in enumerate(self.inputs)}
+            if len(per_request) == 1:
+                feeds = dict(zip(self.inputs, per_request[0]))  # the usual case: no concatenation copy
+            else:
+                feeds = {n: np.concatenate([arrays[k] for arrays in per_request]) for k, n in enumerate(self.inputs)}
             outs = self.session.run(self.outputs, feeds)
         except Exception as e:
             error = pb_utils.TritonError(f"{self.name}: {e}")
