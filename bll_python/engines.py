@@ -15,6 +15,7 @@ from typing import Callable, Mapping, Protocol
 import numpy as np
 import torch
 
+from bll_python.ort_options import ort_session_options
 from bll_python.specs import ComponentSpec
 
 Tensors = Mapping[str, torch.Tensor]
@@ -74,21 +75,6 @@ class TorchEngine:
 
     def __call__(self, inputs: Tensors) -> dict[str, torch.Tensor]:
         return run_in_chunks(self.spec, inputs, self._run)
-
-
-def ort_session_options(threads: int = 0, allow_spinning: bool = False):
-    """Session options shared by the served component models and the in-process engines.
-
-    Spin-waiting pool threads keep a core busy after each run while the next stage (another
-    process when served) needs it, so spinning is off unless asked for; ``threads=0`` is ORT's default.
-    """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
-    return options
 
 
 class OrtEngine:

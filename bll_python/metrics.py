@@ -1,23 +1,27 @@
-"""Custom Prometheus metrics the BLS publishes on Triton's metrics port.
+"""Custom Prometheus metrics the BLS publishes on Triton's metrics port (``/metrics``).
 
-``pb_utils`` is injected (it exists only inside the stub). Histograms need a Python backend that has
-``MetricFamily.HISTOGRAM``; on older ones the stage latency is published as ``_sum``/``_count``
-counters instead, which Prometheus turns into a mean just as well.
+``pb_utils`` is injected (it exists only inside the stub). Triton 2.51's Python backend has
+``MetricFamily.HISTOGRAM`` (checked: the stage histogram is scraped with its buckets); on older
+backends the stage latency falls back to ``_sum``/``_count`` counters, which still give a mean.
+Every labelled series is created at start, so a scrape shows zeros rather than missing series.
 """
 
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Sequence
+from typing import Iterable, Sequence
 
+from bll_python.engines import ComponentError
+from bll_python.serving import CANCELLED, INTERNAL, INVALID_ARG, UNAVAILABLE, error_status
 from bll_python.settings import Route
 
 STAGES = ("text", "student", "decode", "reward", "teacher")
+OUTCOMES = ("success", INVALID_ARG.lower(), CANCELLED.lower(), UNAVAILABLE.lower(), INTERNAL.lower())
 LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
 
 
 class ServingMetrics:
-    def __init__(self, pb_utils: ModuleType) -> None:
+    def __init__(self, pb_utils: ModuleType, components: Iterable[str] = ()) -> None:
         # A Metric is only valid while its MetricFamily lives, so the families are kept here.
         self._families: list[object] = []
 
@@ -33,9 +37,11 @@ class ServingMetrics:
         self.gated_rows = family("adaptive_gated_rows_total", "Rows that went through the ImageReward gate", kinds.COUNTER).Metric(labels={})
         self.accepted_rows = family("adaptive_accepted_rows_total", "Gated rows the student kept", kinds.COUNTER).Metric(labels={})
         self.accept_rate = family("adaptive_accept_rate", "Accepted / gated rows since start", kinds.GAUGE).Metric(labels={})
-        errors = family("adaptive_errors_total", "Failed requests, by error kind", kinds.COUNTER)
-        self._errors_family = errors
-        self.errors: dict[str, object] = {}
+        self.unet_steps = family("adaptive_unet_steps_total", "Denoising steps spent on produced images (student + teacher)", kinds.COUNTER).Metric(labels={})
+        requests = family("adaptive_requests_total", "Requests answered, by outcome (success or the error status)", kinds.COUNTER)
+        self.requests = {o: requests.Metric(labels={"outcome": o}) for o in OUTCOMES}
+        self._component_errors = family("adaptive_component_errors_total", "Requests failed by a component model, by component", kinds.COUNTER)
+        self.component_errors = {c: self._component_errors.Metric(labels={"component": c}) for c in components}
         self.histogram = hasattr(kinds, "HISTOGRAM")
         if self.histogram:
             stage = family("adaptive_stage_seconds", "Latency of each pipeline stage per batch", kinds.HISTOGRAM)
@@ -59,6 +65,7 @@ class ServingMetrics:
         for route in result.routes:
             self.rows[route.value].increment(1)
         self.teacher_rows.increment(len(result.teacher_rows))
+        self.unet_steps.increment(int(result.unet_steps.sum()))
         if result.tau is not None:
             gated = len(result.routes)
             accepted = sum(1 for r in result.routes if r is Route.STUDENT)
@@ -68,8 +75,12 @@ class ServingMetrics:
             self._accepted += accepted
             self.accept_rate.set(self._accepted / self._gated)
 
-    def observe_error(self, exc: Exception) -> None:
-        kind = type(exc).__name__
-        if kind not in self.errors:
-            self.errors[kind] = self._errors_family.Metric(labels={"kind": kind})
-        self.errors[kind].increment(1)
+    def observe_response(self, error: Exception | None) -> None:
+        """Count one answered request: ``error`` is None on success."""
+        outcome = "success" if error is None else error_status(error)[0].lower()
+        self.requests[outcome].increment(1)
+        if isinstance(error, ComponentError):
+            # Bounded label set: the component names come from the deployment, not from requests.
+            if error.component not in self.component_errors:
+                self.component_errors[error.component] = self._component_errors.Metric(labels={"component": error.component})
+            self.component_errors[error.component].increment(1)

@@ -7,15 +7,15 @@ batches of at most ``max_rows``; results are scattered back to their requests.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from bll_python.contract import REQUEST_FIELDS, SETTING_FIELDS
+from bll_python.engines import ComponentError
 from bll_python.pipeline import AdaptivePipeline, Cancelled, StageObserver
-from bll_python.settings import GenerationSettings, SettingsError, check_number
+from bll_python.settings import MAX_TEXT_BYTES, GenerationSettings, SettingsError, check_number
 
 _FIELDS = {f.name: f for f in REQUEST_FIELDS}
 _NUMERIC_KINDS = {"float32": "f", "int32": "iu", "int64": "iu"}
@@ -40,13 +40,23 @@ class RequestResult:
 
 def _text(name: str, value: object) -> str:
     if isinstance(value, (bytes, np.bytes_)):
+        raw = bytes(value)
+        if len(raw) > MAX_TEXT_BYTES:
+            raise SettingsError(name, f"got {len(raw)} bytes; allowed at most {MAX_TEXT_BYTES} (text past 77 CLIP tokens is truncated anyway)")
         try:
-            return bytes(value).decode("utf-8")
+            return raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise SettingsError(name, f"is not valid UTF-8 ({e.reason} at byte {e.start})") from None
+            raise SettingsError(name, f"got {raw[:24]!r}{'...' if len(raw) > 24 else ''}, which is not valid UTF-8 ({e.reason} at byte {e.start}); expected UTF-8 text") from None
     if isinstance(value, str):
+        if len(value.encode("utf-8")) > MAX_TEXT_BYTES:
+            raise SettingsError(name, f"got {len(value.encode('utf-8'))} bytes; allowed at most {MAX_TEXT_BYTES}")
         return value
     raise SettingsError(name, f"expected UTF-8 bytes (Triton BYTES), got {type(value).__name__}")
+
+
+def _in_row(e: SettingsError, row: int, rows: int) -> SettingsError:
+    # A multi-row request needs to know which of its rows was refused.
+    return SettingsError(e.field, f"{e.detail} (row {row})") if rows > 1 else e
 
 
 def _column(name: str, array: np.ndarray, rows: int | None) -> np.ndarray:
@@ -70,32 +80,58 @@ def parse_request(tensors: Mapping[str, np.ndarray | None], defaults: Generation
         raise SettingsError(unknown[0], "is not an input of adaptive_diffusion")
     if tensors.get("prompt") is None:
         raise SettingsError("prompt", "is required")
-    prompts = [_text("prompt", p) for p in _column("prompt", tensors["prompt"], None)]
-    b = len(prompts)
+    column = _column("prompt", tensors["prompt"], None)
+    b = len(column)
     if b == 0:
         raise SettingsError("prompt", "empty batch")
-    for p in prompts:
-        if not p.strip():
-            raise SettingsError("prompt", "must not be empty")
     columns = {name: _column(name, tensors[name], b) for name in _FIELDS if name != "prompt" and tensors.get(name) is not None}
-    negatives = [_text("negative_prompt", v) for v in columns["negative_prompt"]] if "negative_prompt" in columns else [""] * b
-    seeds = [check_number("seed", int(v)) for v in columns["seed"]] if "seed" in columns else [0] * b
     rows = []
     for i in range(b):
-        given: dict[str, object] = {}
-        for name in SETTING_FIELDS:
-            if name not in columns:
-                continue
-            value = columns[name][i]
-            if _FIELDS[name].dtype == "bytes":
-                given[name] = _text(name, value)
-            else:
-                number = value.item()
-                if isinstance(number, float) and math.isnan(number):
-                    raise SettingsError(name, "is NaN")
-                given[name] = number
-        rows.append(Row(prompts[i], negatives[i], seeds[i], GenerationSettings.from_mapping(given, defaults)))
+        try:
+            rows.append(_row(i, column, columns, defaults))
+        except SettingsError as e:
+            raise _in_row(e, i, b) from None
     return rows
+
+
+def _row(i: int, prompts: np.ndarray, columns: Mapping[str, np.ndarray], defaults: GenerationSettings) -> Row:
+    prompt = _text("prompt", prompts[i])
+    if not prompt.strip():
+        raise SettingsError("prompt", f"got {prompt!r}, which is empty; expected at least one non-space character")
+    negative = _text("negative_prompt", columns["negative_prompt"][i]) if "negative_prompt" in columns else ""
+    seed = check_number("seed", int(columns["seed"][i])) if "seed" in columns else 0
+    given: dict[str, object] = {}
+    for name in SETTING_FIELDS:
+        if name not in columns:
+            continue
+        value = columns[name][i]
+        if _FIELDS[name].dtype == "bytes":
+            given[name] = _text(name, value)
+        else:
+            # Checked here too (not only in GenerationSettings) so that NaN never reaches a batch key.
+            given[name] = check_number(name, value.item())
+    return Row(prompt, negative, int(seed), GenerationSettings.from_mapping(given, defaults))
+
+
+# Triton status codes by name: pb_utils.TritonError.<code> in the BLS.
+INVALID_ARG, CANCELLED, UNAVAILABLE, INTERNAL = "INVALID_ARG", "CANCELLED", "UNAVAILABLE", "INTERNAL"
+
+
+def _first_line(text: str) -> str:
+    # The Python backend appends the failing stub's traceback ("At: /path/model.py(27): execute"):
+    # server paths are nobody's business on the client side; the server log keeps the full text.
+    return text.strip().split("\n", 1)[0].strip()
+
+
+def error_status(exc: BaseException) -> tuple[str, str]:
+    """The Triton status code (by name) and the client-facing message for a failed request."""
+    if isinstance(exc, SettingsError):
+        return INVALID_ARG, str(exc)
+    if isinstance(exc, Cancelled):
+        return CANCELLED, str(exc)
+    if isinstance(exc, ComponentError):
+        return (UNAVAILABLE if exc.unavailable else INTERNAL), f"component {_first_line(str(exc))}"
+    return INTERNAL, f"internal error: {type(exc).__name__}: {_first_line(str(exc))}"
 
 
 class BatchRunner:

@@ -62,6 +62,10 @@ LIMITS: dict[str, Range] = {
 }
 INTEGER_FIELDS = {"student_steps", "teacher_steps", "seed"}
 
+# Prompts longer than 77 CLIP tokens are truncated (as diffusers does), so text past a few hundred
+# words is never used; the byte cap only stops a client from making the tokenizer chew megabytes.
+MAX_TEXT_BYTES = 16384
+
 
 class SettingsError(ValueError):
     """A request field outside its allowed range; ``field`` names it for the client."""
@@ -69,6 +73,12 @@ class SettingsError(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.detail = message
+
+
+def show(value: Any) -> str:
+    """A value as a client would have typed it (FP32 inputs arrive as 0.10000000149011612)."""
+    return f"{value:.7g}" if isinstance(value, float) else repr(value)
 
 
 def check_number(field: str, value: Any) -> float | int:
@@ -76,12 +86,14 @@ def check_number(field: str, value: Any) -> float | int:
     limit = LIMITS[field]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SettingsError(field, f"expected a number, got {type(value).__name__} {value!r}")
-    if field in INTEGER_FIELDS and float(value) != int(value):
-        raise SettingsError(field, f"expected an integer, got {value!r}")
+    if isinstance(value, float) and math.isnan(value):
+        raise SettingsError(field, f"got NaN; allowed range {limit}")
     if isinstance(value, float) and not math.isfinite(value):
-        raise SettingsError(field, f"got {value!r}; allowed range {limit}")
+        raise SettingsError(field, f"got {show(value)}; allowed range {limit}")
+    if field in INTEGER_FIELDS and float(value) != int(value):
+        raise SettingsError(field, f"expected an integer, got {show(value)}")
     if not limit.contains(value):
-        raise SettingsError(field, f"got {value!r}; allowed range {limit}")
+        raise SettingsError(field, f"got {show(value)}; allowed range {limit}")
     return int(value) if field in INTEGER_FIELDS else float(value)
 
 
@@ -105,7 +117,7 @@ class GenerationSettings:
         for name in ("guidance_scale", "student_steps", "teacher_steps", "sigma"):
             object.__setattr__(self, name, check_number(name, getattr(self, name)))
         if self.tau is not None and self.k is not None:
-            raise SettingsError("tau", "give tau or k, not both")
+            raise SettingsError("tau", f"got tau={show(self.tau)} and k={show(self.k)}; give tau or k, not both")
         if self.tau is not None:
             object.__setattr__(self, "tau", check_number("tau", self.tau))
         if self.k is not None:

@@ -54,7 +54,10 @@ class TritonEngine:
             raise ComponentError(self.spec.name, str(e), unavailable=True) from e
         if response.has_error():
             message = response.error().message()
-            unavailable = any(w in message.lower() for w in ("unavailable", "not ready", "unknown model", "not found"))
+            # Retryable states: a missing or unloaded model, a crashed stub (2.51 does not restart it;
+            # the launcher's watchdog restarts the server), a queue timeout (component_timeout_ms).
+            retryable = ("unavailable", "not ready", "unknown model", "not found", "not healthy", "timeout expired")
+            unavailable = any(w in message.lower() for w in retryable)
             raise ComponentError(self.spec.name, message, unavailable=unavailable)
         outputs = {}
         for t in self.spec.outputs:

@@ -25,6 +25,11 @@ Environment the Python-backend stub needs (it embeds CPython and is exec'd by th
 
 The server runs with a working directory that has no ``triton`` folder in it: the stub's interpreter
 imports from its cwd, and a ``triton`` folder there shadows the ``triton`` package that torch imports.
+
+Hardening (export/SECURITY.md): it binds 127.0.0.1 and runs ``--model-control-mode=none``; the admin
+APIs (repository, shared memory, trace, logging) need a key header (``--admin-key`` / $ADS_ADMIN_KEY,
+else a random key only the launcher knows); and since Triton 2.51 never restarts a dead Python-backend
+stub, the CLI watches its stubs and restarts the server when one dies.
 """
 
 from __future__ import annotations
@@ -55,6 +60,18 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_HTTP_PORT = 8000
 DEFAULT_GRPC_PORT = 8001
 DEFAULT_METRICS_PORT = 8002
+
+# Admin endpoints: anything that changes what the server runs or writes files on its host (trace and
+# log settings take file paths). Health, metadata, model config, statistics and inference stay open:
+# clients and perf_analyzer need them, and they reveal nothing a client could not infer.
+RESTRICTED_APIS = ("model-repository", "shared-memory", "trace", "logging")
+DEFAULT_ADMIN_HEADER = "admin-key"
+ADMIN_KEY_ENV = "ADS_ADMIN_KEY"
+# gRPC carries the header as metadata under this prefix (Triton 2.51's grpc-restricted-protocol).
+GRPC_RESTRICTED_PREFIX = "triton-grpc-protocol-"
+# Triton parses `<apis>:<header>=<key>`, so neither may contain its separators.
+_ADMIN_HEADER_RE = re.compile(r"[a-z0-9][a-z0-9-]*")
+_ADMIN_KEY_RE = re.compile(r"[A-Za-z0-9._~-]{16,}")
 
 SHM_DIR = Path("/dev/shm")
 # The Python backend names each stub's region <prefix><uuid>; this is its default prefix.
@@ -389,6 +406,9 @@ class TritonServer:
         exit_timeout: int = 10,
         stop_timeout: float | None = None,
         echo_logs: bool = False,
+        admin_key: str | None = None,
+        admin_header: str = DEFAULT_ADMIN_HEADER,
+        restricted_apis: Sequence[str] = RESTRICTED_APIS,
     ) -> None:
         self.repository = Path(repository).resolve()
         self.host = host
@@ -405,6 +425,17 @@ class TritonServer:
         # Longer than the server's exit timeout, so its own orderly exit wins over our SIGKILL.
         self.stop_timeout = float(stop_timeout) if stop_timeout is not None else self.exit_timeout + 15.0
         self.echo_logs = echo_logs
+        if not _ADMIN_HEADER_RE.fullmatch(admin_header):
+            raise ValueError(f"admin header {admin_header!r}: use lowercase letters, digits and '-'")
+        # No key given: a random one per launcher, known only to this process, so the admin APIs are
+        # closed to everyone else rather than open (see export/SECURITY.md).
+        key = admin_key or os.environ.get(ADMIN_KEY_ENV) or secrets.token_urlsafe(32)
+        if not _ADMIN_KEY_RE.fullmatch(key):
+            raise ValueError("admin key: use at least 16 characters from A-Z a-z 0-9 . _ ~ -")
+        self.admin_key = key
+        self.admin_header = admin_header
+        self.restricted_apis = tuple(restricted_apis)
+        self._stubs_at_ready: dict[str, int] = {}
         self.shm_prefix = self._shm_prefix_from(self.extra_args) or (
             f"{SHM_DEFAULT_PREFIX}ads{os.getpid()}x{secrets.token_hex(4)}_"
         )
@@ -482,6 +513,10 @@ class TritonServer:
         ]
         if not self._extra_has("--exit-timeout-secs"):
             cmd.append(f"--exit-timeout-secs={self.exit_timeout}")
+        # An operator who passes their own restriction flags in extra_args owns the whole policy.
+        if self.restricted_apis and not (self._extra_has("--http-restricted-api") or self._extra_has("--grpc-restricted-protocol")):
+            rule = f"{','.join(self.restricted_apis)}:{self.admin_header}={self.admin_key}"
+            cmd += [f"--http-restricted-api={rule}", f"--grpc-restricted-protocol={rule}"]
         if self._shm_prefix_from(self.extra_args) is None:
             cmd.append(f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}")
         cmd.extend(self.extra_args)
@@ -566,6 +601,7 @@ class TritonServer:
             # process listens on every port, then that it reports ready.
             if self._expected_ports() <= _listening_ports(self._proc.pid) and self._http_ok(url):
                 self.start_seconds = time.monotonic() - self._started_at
+                self._stubs_at_ready = self.stub_processes()
                 return
             if time.monotonic() > deadline:
                 raise ServerStartError(
@@ -580,6 +616,54 @@ class TritonServer:
                 return resp.status == 200
         except (urllib.error.URLError, OSError):
             return False
+
+    # -- admin access and stub health ------------------------------------------------------
+    def admin_headers(self, protocol: str = "http") -> dict[str, str]:
+        """Headers that open the restricted APIs: pass as ``headers=`` to tritonclient calls."""
+        if protocol not in ("http", "grpc"):
+            raise ValueError(f"protocol must be 'http' or 'grpc', got {protocol!r}")
+        name = self.admin_header if protocol == "http" else GRPC_RESTRICTED_PREFIX + self.admin_header
+        return {name: self.admin_key}
+
+    def stub_processes(self) -> dict[str, int]:
+        """Live Python-backend stubs of this server, by model instance name (e.g. ``unet_teacher_0_0``)."""
+        if not self.is_alive():
+            return {}
+        server = str(self.pid)
+        stubs = {}
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+                if fields[1] != server or fields[0] == "Z":
+                    continue
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+            except (OSError, IndexError):
+                continue
+            # argv: stub, model.py path, shm region, shm sizes, server pid, backend dir, ..., instance name
+            if argv and argv[0].endswith(b"triton_python_backend_stub") and len(argv) > 8:
+                stubs[argv[8].decode(errors="replace")] = int(proc.name)
+        return stubs
+
+    def crashed_stubs(self) -> list[str]:
+        """Model instances whose stub process died since the server became ready.
+
+        Triton 2.51's Python backend does not restart a dead stub: the model stays READY and every
+        request to it fails with "Stub process '<instance>' is not healthy" until the server restarts.
+        """
+        alive = self.stub_processes()
+        return sorted(name for name, pid in self._stubs_at_ready.items() if alive.get(name) != pid)
+
+    def restart(self, sig: int = signal.SIGTERM, timeout: float | None = None) -> None:
+        """Stop (``timeout`` as in :meth:`stop`), start again on the same ports and admin key, wait until ready.
+
+        After a stub crash the server's own shutdown waits its whole exit timeout for the dead
+        stub's model to unload, so a short ``timeout`` is worth passing then.
+        """
+        self.stop(sig, timeout)
+        self.start()
+        self.wait_ready()
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait for the server to exit by itself; returns its exit status."""
@@ -741,6 +825,21 @@ def _parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--log-file", type=Path, help="also write the server log here")
     parser.add_argument("--ready-timeout", type=float, default=60.0)
     parser.add_argument("--exit-timeout", type=int, default=10, help="seconds the server waits for in-flight work on stop")
+    parser.add_argument(
+        "--admin-key",
+        default=None,
+        help=f"key that opens the admin APIs ({', '.join(RESTRICTED_APIS)}); default: ${ADMIN_KEY_ENV}, else random per start "
+        "(admin calls refused). Prefer the environment variable: arguments are visible in ps",
+    )
+    parser.add_argument("--admin-header", default=DEFAULT_ADMIN_HEADER, help="HTTP header carrying the admin key (gRPC: triton-grpc-protocol-<header>)")
+    parser.add_argument("--admin-key-file", type=Path, help="write the admin key here (mode 0600), e.g. to use a generated one")
+    parser.add_argument(
+        "--on-stub-crash",
+        choices=("restart", "exit"),
+        default="restart",
+        help="when a Python-backend stub dies (Triton 2.51 leaves the model failing): restart tritonserver, "
+        "or exit with status 3 for a supervisor to restart",
+    )
     return parser.parse_args(argv), extra
 
 
@@ -766,10 +865,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         ready_timeout=args.ready_timeout,
         exit_timeout=args.exit_timeout,
         echo_logs=True,
+        admin_key=args.admin_key,
+        admin_header=args.admin_header,
     )
+    if args.admin_key_file is not None:
+        fd = os.open(args.admin_key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
+        with os.fdopen(fd, "w") as f:
+            f.write(server.admin_key + "\n")
     received: list[int] = []
     stop_requested = threading.Event()
     ready = False
+    stub_crashed = False
 
     def on_signal(signum: int, _frame: object) -> None:
         received.append(signum)
@@ -787,12 +894,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"  HTTP     http://{server.http_url}\n"
             f"  gRPC     {server.grpc_url}\n"
             f"  metrics  http://{server.metrics_url}/metrics\n"
+            f"  admin    {', '.join(server.restricted_apis)} need header {server.admin_header!r} "
+            f"(gRPC metadata {GRPC_RESTRICTED_PREFIX + server.admin_header!r})\n"
             "Ctrl-C or SIGTERM stops it.",
             flush=True,
         )
+        ticks = 0
         while not stop_requested.wait(0.5):
             if not server.is_alive():
                 break
+            ticks += 1
+            crashed = server.crashed_stubs() if ticks % 4 == 0 else []
+            if crashed:
+                print(
+                    f"error: the Python-backend stub of {', '.join(crashed)} died; Triton 2.51 does not restart it "
+                    f"and every request to it fails until tritonserver restarts (--on-stub-crash={args.on_stub_crash})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                if args.on_stub_crash == "exit":
+                    stub_crashed = True
+                    break
+                ready = False
+                # In-flight requests get a few seconds; the dead stub's model never unloads cleanly.
+                server.restart(timeout=min(5.0, float(args.exit_timeout)))
+                ready = True
+                print(f"tritonserver restarted in {server.start_seconds:.1f}s (pid {server.pid})", flush=True)
     except _Interrupted:
         pass
     except ServerStartError as exc:
@@ -807,6 +934,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if received:
         return 0 if code == 0 else (code if code and code > 0 else 1)
+    if stub_crashed:
+        return 3
     print(f"error: tritonserver exited on its own with status {code}\n{server.log_tail()}", file=sys.stderr)
     return code if code and code > 0 else 1
 

@@ -20,11 +20,31 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "model_repository"
 ORT_TEMPLATE = TEMPLATES / "onnxruntime_component" / "model.py"
 BLS_TEMPLATE = TEMPLATES / BLS_MODEL / "1" / "model.py"
 
-# A few ms of queueing lets concurrent requests share one execution: for the BLS this is what
-# batches requests together, for the components it merges the BLS calls of concurrent executions.
-BLS_QUEUE_DELAY_US = 5000
+# Queueing lets requests that arrive together share one execution, but a lone request waits the
+# whole delay (the batcher holds it until max_batch_size or the delay), so keep it short. For the BLS,
+# 1 ms still merges a client's burst and closed-loop clients answered by one execution (they send
+# again within ~0.5 ms); 5 ms cost a tiny-preset request 6% of its latency at concurrency 1.
+BLS_QUEUE_DELAY_US = 1000
+# GPU components (export.trt_repository): merges the BLS calls of concurrent BLS instances.
 COMPONENT_QUEUE_DELAY_US = 500
+# CPU components: one BLS instance calls them one at a time, so there is never a second call to wait
+# for, and 500 us on each of the 8-19 calls of an image was pure latency. Calls already queued are
+# still merged at 0.
+CPU_COMPONENT_QUEUE_DELAY_US = 0
+# One ONNX Runtime thread per CPU component, spinning off. The components run one after another and
+# share the cores with the BLS, the server and each other; a pool's threads spin-wait after every
+# run and take the core the next stage needs. Tiny preset, student_only, 2 cores: 2 spinning threads
+# 440 ms an image, 2 threads without spinning 181 ms, 1 thread 140 ms (small preset: 1.33 / 0.83 /
+# 0.79 s). More threads pay off only on an otherwise idle many-core host.
+CPU_COMPONENT_THREADS = 1
+CPU_COMPONENT_ALLOW_SPINNING = False
 
+# Timeout of each BLS call into a component, in ms (0: none). Triton applies a request timeout to the
+# time spent queued, and only for a model whose dynamic_batching has a default_queue_policy with
+# allow_timeout_override: true (checked on 2.51: without one the value has no effect). It bounds how
+# long a BLS execution waits behind a stuck or saturated component; a call that expires fails its
+# rows with UNAVAILABLE naming the component. Generous, because it must never trip on a busy queue.
+COMPONENT_TIMEOUT_MS = 30000
 
 PER_ROW = "[ 1 ]"
 
@@ -46,8 +66,14 @@ def _tensor_block(kind: str, tensors: list[tuple[str, str, str, bool]], reshape_
     return f"{kind} [\n" + ",\n".join(rows) + "\n]\n"
 
 
-def _dynamic_batching(delay_us: int) -> str:
-    return f"dynamic_batching {{\n  max_queue_delay_microseconds: {delay_us}\n}}\n"
+# A queue policy that lets each BLS call set its own timeout (COMPONENT_TIMEOUT_MS); the default
+# (10 min) only bounds requests that set none.
+_COMPONENT_QUEUE_POLICY = "  default_queue_policy {\n    timeout_action: REJECT\n    default_timeout_microseconds: 600000000\n    allow_timeout_override: true\n  }\n"
+
+
+def _dynamic_batching(delay_us: int, *, timeout_override: bool = False) -> str:
+    policy = _COMPONENT_QUEUE_POLICY if timeout_override else ""
+    return f"dynamic_batching {{\n  max_queue_delay_microseconds: {delay_us}\n{policy}}}\n"
 
 
 def _instance_group(count: int, kind: str, gpus: list[int] | tuple[int, ...] | None = None) -> str:
@@ -60,15 +86,22 @@ def _parameters(params: dict[str, str]) -> str:
     return "".join(f"parameters {{ key: \"{k}\" value: {{ string_value: \"{v}\" }} }}\n" for k, v in params.items())
 
 
-def component_config(spec: ComponentSpec, *, instances: int = 1, kind: str = "KIND_CPU", threads: int = 0) -> str:
-    """``config.pbtxt`` of a component served by the ONNX Runtime Python model."""
+def component_config(
+    spec: ComponentSpec,
+    *,
+    instances: int = 1,
+    kind: str = "KIND_CPU",
+    threads: int = CPU_COMPONENT_THREADS,
+    allow_spinning: bool = CPU_COMPONENT_ALLOW_SPINNING,
+) -> str:
+    """``config.pbtxt`` of a component served by the ONNX Runtime Python model (``threads=0``: ORT's default)."""
     return (
         f"name: \"{spec.name}\"\nbackend: \"python\"\nmax_batch_size: {spec.max_batch}\n"
         + _tensor_block("input", [(t.name, t.triton_dtype, _dims(t), False) for t in spec.inputs], reshape_scalars=True)
         + _tensor_block("output", [(t.name, t.triton_dtype, _dims(t), False) for t in spec.outputs], reshape_scalars=True)
-        + _dynamic_batching(COMPONENT_QUEUE_DELAY_US)
+        + _dynamic_batching(CPU_COMPONENT_QUEUE_DELAY_US, timeout_override=True)
         + _instance_group(instances, kind)
-        + _parameters({"onnx_file": "model.onnx", "intra_op_threads": str(threads)})
+        + _parameters({"onnx_file": "model.onnx", "intra_op_threads": str(threads), "allow_spinning": str(int(allow_spinning))})
     )
 
 
@@ -82,6 +115,7 @@ def bls_config(deployment: Deployment, *, instances: int = 1, kind: str = "KIND_
         + _tensor_block("output", outputs)
         + _dynamic_batching(BLS_QUEUE_DELAY_US)
         + _instance_group(instances, kind)
+        + _parameters({"component_timeout_ms": str(COMPONENT_TIMEOUT_MS)})
     )
 
 

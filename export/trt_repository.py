@@ -112,7 +112,7 @@ def tensorrt_component_config(spec: ComponentSpec, *, backend: str = "tensorrt",
         f"name: \"{spec.name}\"\n{runtime}max_batch_size: {spec.max_batch}\n"
         + _tensor_block("input", [(t.name, t.triton_dtype, _dims(t), False) for t in spec.inputs], reshape_scalars=True)
         + _tensor_block("output", [(t.name, t.triton_dtype, _dims(t), False) for t in spec.outputs], reshape_scalars=True)
-        + _dynamic_batching(COMPONENT_QUEUE_DELAY_US)
+        + _dynamic_batching(COMPONENT_QUEUE_DELAY_US, timeout_override=True)
         + _instance_group(instances, "KIND_GPU", gpus)
         + _parameters(params)
     )

@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-from bll_python.engines import ort_session_options
+from bll_python.ort_options import ort_session_options  # torch-free: keeps this stub small
 
 
 class TritonPythonModel:

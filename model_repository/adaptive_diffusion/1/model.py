@@ -11,25 +11,20 @@ import triton_python_backend_utils as pb_utils
 
 from bll_python.contract import REQUEST_FIELDS
 from bll_python.deployment import Deployment
-from bll_python.engines import ComponentError
 from bll_python.inprocess import load_tokenizers
 from bll_python.layout import assets_dir
 from bll_python.metrics import ServingMetrics
-from bll_python.pipeline import AdaptivePipeline, Cancelled
-from bll_python.serving import BatchRunner, parse_request
-from bll_python.settings import SettingsError
+from bll_python.pipeline import AdaptivePipeline
+from bll_python.serving import BatchRunner, error_status, parse_request
 from bll_python.triton_engines import triton_engines
 
 
 def _error(exc):
-    if isinstance(exc, SettingsError):
-        return pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
-    if isinstance(exc, Cancelled):
-        return pb_utils.TritonError(str(exc), pb_utils.TritonError.CANCELLED)
-    if isinstance(exc, ComponentError):
-        code = pb_utils.TritonError.UNAVAILABLE if exc.unavailable else pb_utils.TritonError.INTERNAL
-        return pb_utils.TritonError(f"component {exc}", code)
-    return pb_utils.TritonError(f"internal error: {type(exc).__name__}: {exc}", pb_utils.TritonError.INTERNAL)
+    code, message = error_status(exc)
+    if code in ("INTERNAL", "UNAVAILABLE"):
+        # The client gets the first line; the operator gets the whole of it (component tracebacks).
+        pb_utils.Logger.log_error(f"adaptive_diffusion: {type(exc).__name__}: {exc}")
+    return pb_utils.TritonError(message, getattr(pb_utils.TritonError, code))
 
 
 class TritonPythonModel:
@@ -50,7 +45,7 @@ class TritonPythonModel:
         )
         pipeline = AdaptivePipeline(engines, self.deployment, load_tokenizers(repository, self.deployment), device=device)
         self.runner = BatchRunner(pipeline, self.deployment.max_rows)
-        self.metrics = ServingMetrics(pb_utils)
+        self.metrics = ServingMetrics(pb_utils, components=self.deployment.specs())
 
     def _parse(self, request):
         tensors = {}
@@ -59,7 +54,7 @@ class TritonPythonModel:
             tensors[field.name] = None if tensor is None else tensor.as_numpy()
         try:
             return parse_request(tensors, self.deployment.defaults)
-        except SettingsError as e:
+        except Exception as e:  # whatever one request holds, it fails alone
             return e
 
     def execute(self, requests):
@@ -73,9 +68,10 @@ class TritonPythonModel:
         responses = []
         for result in results:
             if isinstance(result, Exception):
-                self.metrics.observe_error(result)
+                self.metrics.observe_response(result)
                 responses.append(pb_utils.InferenceResponse(error=_error(result)))
                 continue
+            self.metrics.observe_response(None)
             tensors = [
                 pb_utils.Tensor("image", result.images),
                 pb_utils.Tensor("score", result.scores),
