@@ -67,12 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bll_python.deployment import Deployment
     from bll_python.layout import assets_dir
 
-    if args.repository is not None:
-        repository, label = args.repository, args.repository.name
-    else:
-        from export.build import ensure_repository
+    from export.build import repository_or_preset
 
-        repository, label = ensure_repository(args.preset, progress=False), args.preset
+    repository, label = repository_or_preset(args.repository, args.preset)
     deployment = Deployment.load(assets_dir(repository))
     d = deployment.defaults
     try:

@@ -16,20 +16,20 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import traceback
 import urllib.error
 import urllib.request
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from export.serve import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "gpu_smoke"
@@ -157,21 +157,13 @@ def validate(source: Path, target: Path, out: Path) -> dict[str, Any]:
     return {r.component: r.passed for r in reports}
 
 
-def _free_ports(n: int) -> list[int]:
-    with ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-
-
 class ServedRepository:
     """``python -m export.serve --repository ...`` as a child process, with the writer's server flags."""
 
     def __init__(self, repository: Path, log: Path, ready_timeout: float) -> None:
         from export.trt_repository import read_server_args
 
-        self.http, self.grpc, self.metrics = _free_ports(3)
+        self.http, self.grpc, self.metrics = free_ports(3)
         self.command = [
             sys.executable, "-m", "export.serve", "--repository", str(repository),
             "--http-port", str(self.http), "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics),

@@ -129,12 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bll_python.inprocess import inprocess_pipeline
     from benchmarks.report import write_csv
 
-    if args.repository is not None:
-        repository, label = args.repository, args.repository.name
-    else:
-        from export.build import ensure_repository
+    from export.build import repository_or_preset
 
-        repository, label = ensure_repository(args.preset, progress=False), args.preset
+    repository, label = repository_or_preset(args.repository, args.preset)
     prompts = read_prompts(args.prompts)[: args.count] if args.count else read_prompts(args.prompts)
     pipe = inprocess_pipeline(repository)
     rows = evaluate(pipe, select_modes(args.modes), prompts, args.batch or pipe.deployment.max_rows)

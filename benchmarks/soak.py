@@ -30,18 +30,18 @@ import datetime
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.request
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from export.serve import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "soak"
@@ -199,14 +199,6 @@ def run_chunk(url: str, input_data: Path, concurrency: int, chunk_s: float, csv_
 # ---------------------------------------------------------------------------------------------
 
 
-def _free_ports(n: int) -> list[int]:
-    with ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-
-
 def _max_rows(repository: Path) -> int:
     from bll_python.deployment import Deployment
     from bll_python.layout import assets_dir
@@ -281,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         repository = Path(ensure_repository(args.preset))
     else:
         repository = args.repository
-    http, grpc, metrics = _free_ports(3)
+    http, grpc, metrics = free_ports(3)
     run: dict[str, Any] = {
         "config": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "repository": str(repository)},
         "machine": {"nproc": os.cpu_count(), "platform": platform.platform(), "load_average_at_start": [round(x, 2) for x in os.getloadavg()]},

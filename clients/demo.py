@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from export.build import ensure_repository
-    from export.serve import TritonServer
+    from export.serve import TritonServer, free_ports
 
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -46,9 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     timings["export (or reuse)"] = time.perf_counter() - t
 
     ports = (8000, 8001, 8002)
-    if not all(_port_free(port) for port in ports):
-        from tests.triton_fixtures import free_ports  # a server already owns the defaults: use others
-
+    if not all(_port_free(port) for port in ports):  # a server already owns the defaults: use others
         ports = tuple(free_ports(3))
     t = time.perf_counter()
     with TritonServer(repository, http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2]) as server:

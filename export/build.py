@@ -149,3 +149,10 @@ def ensure_repository(preset: str = "tiny", root: Path = DEFAULT_ROOT, *, calibr
     if progress:
         print(str(summary).replace(str(staging), str(repository)))
     return repository
+
+
+def repository_or_preset(repository: Path | None, preset: str) -> tuple[Path, str]:
+    """``repository`` when given, else the preset's (exported first if missing), and a label for results."""
+    if repository is not None:
+        return Path(repository), Path(repository).name
+    return ensure_repository(preset, progress=False), preset

@@ -45,6 +45,8 @@ import re
 import secrets
 import shutil
 import signal
+import socket
+from contextlib import ExitStack
 import subprocess
 import sys
 import sysconfig
@@ -381,6 +383,18 @@ def _set_parent_death_signal(parent_pid: int) -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent_pid:
         os._exit(1)
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct TCP ports that were free on ``host`` a moment ago."""
+    with ExitStack() as stack:
+        ports = []
+        # Held open together, so the kernel cannot hand out the same port twice.
+        for _ in range(n):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((host, 0))
+            ports.append(sock.getsockname()[1])
+        return ports
 
 
 class TritonServer:

@@ -16,26 +16,13 @@ server wait its whole exit timeout on stop.
 
 from __future__ import annotations
 
-import socket
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from export.serve import ServerStartError, TritonServer
+from export.serve import ServerStartError, TritonServer, free_ports  # noqa: F401  (tests import it from here)
 
 _PORT_KEYS = ("http_port", "grpc_port", "metrics_port")
-
-
-def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """``n`` distinct TCP ports that were free on ``host`` a moment ago."""
-    with ExitStack() as stack:
-        ports = []
-        # Held open together, so the kernel cannot hand out the same port twice.
-        for _ in range(n):
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind((host, 0))
-            ports.append(sock.getsockname()[1])
-        return ports
 
 
 @contextmanager
