@@ -12,7 +12,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from bll_python.contract import REQUEST_FIELDS, SETTING_FIELDS
+from bll_python.contract import REQUEST_FIELDS, RESPONSE_FIELDS, SETTING_FIELDS
 from bll_python.engines import ComponentError
 from bll_python.pipeline import AdaptivePipeline, Cancelled, StageObserver
 from bll_python.settings import MAX_TEXT_BYTES, GenerationSettings, SettingsError, check_number
@@ -36,6 +36,11 @@ class RequestResult:
     routes: np.ndarray  # object (bytes) [b, 1]
     unet_steps: np.ndarray  # int32 [b, 1]
     truncated: np.ndarray  # bool [b, 1]
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        """The response tensors by their contract names."""
+        by_name = {"image": self.images, "score": self.scores, "route": self.routes, "unet_steps": self.unet_steps, "truncated": self.truncated}
+        return {f.name: by_name[f.name] for f in RESPONSE_FIELDS}
 
 
 def _text(name: str, value: object) -> str:

@@ -72,12 +72,6 @@ class TritonPythonModel:
                 responses.append(pb_utils.InferenceResponse(error=_error(result)))
                 continue
             self.metrics.observe_response(None)
-            tensors = [
-                pb_utils.Tensor("image", result.images),
-                pb_utils.Tensor("score", result.scores),
-                pb_utils.Tensor("route", result.routes),
-                pb_utils.Tensor("unet_steps", result.unet_steps),
-                pb_utils.Tensor("truncated", result.truncated),
-            ]
+            tensors = [pb_utils.Tensor(name, array) for name, array in result.tensors().items()]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
         return responses
