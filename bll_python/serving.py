@@ -44,19 +44,17 @@ class RequestResult:
 
 
 def _text(name: str, value: object) -> str:
-    if isinstance(value, (bytes, np.bytes_)):
-        raw = bytes(value)
-        if len(raw) > MAX_TEXT_BYTES:
-            raise SettingsError(name, f"got {len(raw)} bytes; allowed at most {MAX_TEXT_BYTES} (text past 77 CLIP tokens is truncated anyway)")
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise SettingsError(name, f"got {raw[:24]!r}{'...' if len(raw) > 24 else ''}, which is not valid UTF-8 ({e.reason} at byte {e.start}); expected UTF-8 text") from None
     if isinstance(value, str):
-        if len(value.encode("utf-8")) > MAX_TEXT_BYTES:
-            raise SettingsError(name, f"got {len(value.encode('utf-8'))} bytes; allowed at most {MAX_TEXT_BYTES}")
-        return value
-    raise SettingsError(name, f"expected UTF-8 bytes (Triton BYTES), got {type(value).__name__}")
+        value = value.encode("utf-8")
+    if not isinstance(value, (bytes, np.bytes_)):
+        raise SettingsError(name, f"expected UTF-8 bytes (Triton BYTES), got {type(value).__name__}")
+    raw = bytes(value)
+    if len(raw) > MAX_TEXT_BYTES:
+        raise SettingsError(name, f"got {len(raw)} bytes; allowed at most {MAX_TEXT_BYTES} (text past 77 CLIP tokens is truncated anyway)")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SettingsError(name, f"got {raw[:24]!r}{'...' if len(raw) > 24 else ''}, which is not valid UTF-8 ({e.reason} at byte {e.start}); expected UTF-8 text") from None
 
 
 def _in_row(e: SettingsError, row: int, rows: int) -> SettingsError:

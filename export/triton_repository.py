@@ -124,10 +124,11 @@ def write_onnxruntime_repository(repository: Path, deployment: Deployment) -> No
     for name, spec in deployment.specs().items():
         (model_dir(repository, name) / "config.pbtxt").write_text(component_config(spec))
         shutil.copyfile(ORT_TEMPLATE, version_dir(repository, name) / "model.py")
-    write_bls(repository, deployment)
+    write_bls(repository, bls_config(deployment))
 
 
-def write_bls(repository: Path, deployment: Deployment) -> None:
+def write_bls(repository: Path, config: str) -> None:
+    """The BLS model folder: ``config`` (CPU or GPU flavour) plus the adapter ``model.py``."""
     version_dir(repository, BLS_MODEL).mkdir(parents=True, exist_ok=True)
-    (model_dir(repository, BLS_MODEL) / "config.pbtxt").write_text(bls_config(deployment))
+    (model_dir(repository, BLS_MODEL) / "config.pbtxt").write_text(config)
     shutil.copyfile(BLS_TEMPLATE, version_dir(repository, BLS_MODEL) / "model.py")

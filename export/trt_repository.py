@@ -32,7 +32,7 @@ from bll_python.deployment import Deployment
 from bll_python.layout import BLS_MODEL, assets_dir, model_dir, plan_path, version_dir
 from bll_python.specs import ComponentSpec
 from export.triton_repository import (
-    BLS_TEMPLATE,
+    write_bls,
     COMPONENT_QUEUE_DELAY_US,
     ORT_TEMPLATE,
     TEMPLATES,
@@ -201,9 +201,7 @@ def write_tensorrt_repository(
             tensorrt_component_config(spec, backend=backend, instances=placement.count(name), gpus=gpu_list)
         )
         _place_component_model(version_dir(repository, name), backend)
-    version_dir(repository, BLS_MODEL).mkdir(parents=True, exist_ok=True)
-    (model_dir(repository, BLS_MODEL) / "config.pbtxt").write_text(gpu_bls_config(deployment, instances=placement.bls, gpus=gpu_list))
-    shutil.copyfile(BLS_TEMPLATE, version_dir(repository, BLS_MODEL) / "model.py")
+    write_bls(repository, gpu_bls_config(deployment, instances=placement.bls, gpus=gpu_list))
 
     pool = pool_bytes or cuda_pool_bytes(specs, placement.bls)
     written = TensorRTRepository(repository, backend, placement, gpu_list, pool, server_args(pool, gpu_list))
