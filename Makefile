@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-PRESET ?= tiny
+# shapes: the trained world (committed weights); tiny / small: random weights in the real formats.
+PRESET ?= shapes
 
-.PHONY: all venv system-deps test test-fast demo serve bench export gpu-smoke clean
+.PHONY: all venv system-deps test test-fast demo serve bench bench-shapes export train-world gpu-smoke clean
 
 all: test
 
@@ -32,7 +33,11 @@ test-fast: venv
 	$(BIN)/python -m pytest -q -m "not server and not slow"
 
 export: venv
+ifeq ($(PRESET),shapes)
+	$(BIN)/python -m export.world export
+else
 	$(BIN)/python -m export --preset $(PRESET)
+endif
 
 demo: venv system-deps
 	$(BIN)/python -m clients.demo --preset $(PRESET)
@@ -42,6 +47,14 @@ serve: venv
 
 bench: venv system-deps
 	$(BIN)/python -m benchmarks.run
+
+# The paper's tables in miniature on the trained shapes world, served through Triton.
+bench-shapes: venv
+	$(BIN)/python -m benchmarks.miniature
+
+# Retrain the shapes world from scratch (about an hour of CPU; resumes where it stopped).
+train-world: venv
+	nice -n 19 $(BIN)/python -m export.world train
 
 gpu-smoke: venv
 	bash benchmarks/gpu_smoke.sh

@@ -123,7 +123,7 @@ def preset_repository(preset: str, root: Path = DEFAULT_ROOT) -> Path:
 
 
 def ensure_repository(preset: str = "tiny", root: Path = DEFAULT_ROOT, *, calibration_prompts: int = 64, progress: bool = True) -> Path:
-    """The preset's repository, exported first if missing (random weights, real formats)."""
+    """The preset's repository, exported first if missing (random weights in real formats, or shapes' trained ones)."""
     from export.presets import write_preset
 
     from export.triton_repository import write_onnxruntime_repository
@@ -133,17 +133,19 @@ def ensure_repository(preset: str = "tiny", root: Path = DEFAULT_ROOT, *, calibr
         # Weights are reused; configs and model.py files are rewritten so code changes take effect.
         write_onnxruntime_repository(repository, Deployment.load(assets_dir(repository)))
         return repository
-    checkpoints = write_preset(Path(root) / preset / "checkpoints", preset)
-    prompts = read_prompts(CALIBRATION_PROMPTS)[:calibration_prompts] if CALIBRATION_PROMPTS.is_file() else None
+    from export.world.preset import trained_preset
+
+    trained = trained_preset(preset)  # committed, trained checkpoints (shapes): exported as they are
+    if trained:
+        sources, prompts, defaults = trained.sources, trained.calibration_prompts, trained.defaults
+    else:
+        checkpoints = write_preset(Path(root) / preset / "checkpoints", preset)
+        sources = Sources(teacher=checkpoints["teacher"], student=checkpoints["student"], student_kind="cd", reward=checkpoints["reward"], reward_config=checkpoints["reward_config"])
+        prompts = read_prompts(CALIBRATION_PROMPTS)[:calibration_prompts] if CALIBRATION_PROMPTS.is_file() else None
+        defaults = None
     staging = repository.with_name(repository.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    summary = export_repository(
-        Sources(teacher=checkpoints["teacher"], student=checkpoints["student"], student_kind="cd", reward=checkpoints["reward"], reward_config=checkpoints["reward_config"]),
-        staging,
-        preset=preset,
-        calibration_prompts=prompts,
-        progress=progress,
-    )
+    summary = export_repository(sources, staging, preset=preset, defaults=defaults, calibration_prompts=prompts, progress=progress)
     shutil.rmtree(repository, ignore_errors=True)
     staging.rename(repository)
     if progress:
