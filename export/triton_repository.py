@@ -8,7 +8,9 @@ Runtimes:
 
 from __future__ import annotations
 
+import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from bll_python.contract import REQUEST_FIELDS, RESPONSE_FIELDS
@@ -20,24 +22,55 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "model_repository"
 ORT_TEMPLATE = TEMPLATES / "onnxruntime_component" / "model.py"
 BLS_TEMPLATE = TEMPLATES / BLS_MODEL / "1" / "model.py"
 
-# Queueing lets requests that arrive together share one execution, but a lone request waits the
-# whole delay (the batcher holds it until max_batch_size or the delay), so keep it short. For the BLS,
-# 1 ms still merges a client's burst and closed-loop clients answered by one execution (they send
-# again within ~0.5 ms); 5 ms cost a tiny-preset request 6% of its latency at concurrency 1.
-BLS_QUEUE_DELAY_US = 1000
+# The BLS has no dynamic batcher: every request gets an execution of its own on one of several BLS
+# instances, so an image the student answers leaves after ImageReward instead of waiting for the
+# teacher work of batch neighbours (head-of-line blocking), and rows of different requests still
+# share component calls, merged by the components' dynamic batchers (every UNet graph takes a
+# per-row timestep, so rows at different steps share a call). Measured on 2 cores (benchmarks/README):
+# one batching BLS 0.84 / 0.42 / 0.39 images/s on `small` (student / teacher / refine_k50, c=8),
+# 8 BLS instances 1.50 / 0.87 / 0.72, against a machine limit of 1.76 / 0.91 / 0.72.
 # GPU components (export.trt_repository): merges the BLS calls of concurrent BLS instances.
 COMPONENT_QUEUE_DELAY_US = 500
-# CPU components: one BLS instance calls them one at a time, so there is never a second call to wait
-# for, and 500 us on each of the 8-19 calls of an image was pure latency. Calls already queued are
-# still merged at 0.
+# CPU components answer a call as soon as an instance is free; calls already queued are merged. A
+# delay would only hold a lone call, and on a CPU a bigger batch is no cheaper per row (`small`
+# UNet: one process at batch 8 made 0.26 teacher images/s, two at batch 1 made 0.91).
 CPU_COMPONENT_QUEUE_DELAY_US = 0
-# One ONNX Runtime thread per CPU component, spinning off. The components run one after another and
-# share the cores with the BLS, the server and each other; a pool's threads spin-wait after every
-# run and take the core the next stage needs. Tiny preset, student_only, 2 cores: 2 spinning threads
-# 440 ms an image, 2 threads without spinning 181 ms, 1 thread 140 ms (small preset: 1.33 / 0.83 /
-# 0.79 s). More threads pay off only on an otherwise idle many-core host.
+# One ONNX Runtime thread per CPU component instance, spinning off, and as many instances of each
+# component as cores (CpuPlacement): a pool's threads spin-wait after every run and take the core
+# another instance needs, while one thread per instance keeps every core busy with as many calls in
+# flight. (Tiny preset, student_only, one instance: 2 spinning threads 440 ms an image, 2 threads
+# without spinning 181 ms, 1 thread 140 ms.)
 CPU_COMPONENT_THREADS = 1
 CPU_COMPONENT_ALLOW_SPINNING = False
+
+
+@dataclass(frozen=True)
+class CpuPlacement:
+    """Model instances on a CPU-only host with ``cores`` cores.
+
+    Every component gets one single-threaded instance per core, so the student UNet alone (a
+    student_only load) or the teacher alone can keep every core busy. Each BLS instance runs one
+    request at a time and spends part of it in its own Python work and waiting for components, so
+    there are ``BLS_PER_CORE`` of them per core: enough requests in flight to keep the component
+    instances fed, and a bound on the memory they hold (each imports torch, ~0.4 GB).
+    """
+
+    cores: int
+    BLS_PER_CORE = 4
+    MAX_BLS = 16
+
+    @classmethod
+    def for_this_host(cls) -> "CpuPlacement":
+        return cls(max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+    @property
+    def component_instances(self) -> int:
+        return self.cores
+
+    @property
+    def bls_instances(self) -> int:
+        return min(self.BLS_PER_CORE * self.cores, self.MAX_BLS)
+
 
 # Timeout of each BLS call into a component, in ms (0: none). Triton applies a request timeout to the
 # time spent queued, and only for a model whose dynamic_batching has a default_queue_policy with
@@ -71,9 +104,10 @@ def _tensor_block(kind: str, tensors: list[tuple[str, str, str, bool]], reshape_
 _COMPONENT_QUEUE_POLICY = "  default_queue_policy {\n    timeout_action: REJECT\n    default_timeout_microseconds: 600000000\n    allow_timeout_override: true\n  }\n"
 
 
-def _dynamic_batching(delay_us: int, *, timeout_override: bool = False) -> str:
+def _dynamic_batching(delay_us: int, *, timeout_override: bool = False, preferred: tuple[int, ...] = ()) -> str:
     policy = _COMPONENT_QUEUE_POLICY if timeout_override else ""
-    return f"dynamic_batching {{\n  max_queue_delay_microseconds: {delay_us}\n{policy}}}\n"
+    sizes = f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]\n" if preferred else ""
+    return f"dynamic_batching {{\n{sizes}  max_queue_delay_microseconds: {delay_us}\n{policy}}}\n"
 
 
 def _instance_group(count: int, kind: str, gpus: list[int] | tuple[int, ...] | None = None) -> str:
@@ -106,6 +140,7 @@ def component_config(
 
 
 def bls_config(deployment: Deployment, *, instances: int = 1, kind: str = "KIND_CPU") -> str:
+    """The BLS model: one request per execution (no dynamic batcher), ``instances`` of them in parallel."""
     size = deployment.image_size
     inputs = [(f.name, f.triton_dtype, "[ 1 ]", f.optional) for f in REQUEST_FIELDS]
     outputs = [(f.name, f.triton_dtype, f"[ {size}, {size}, 3 ]" if f.name == "image" else "[ 1 ]", False) for f in RESPONSE_FIELDS]
@@ -113,18 +148,22 @@ def bls_config(deployment: Deployment, *, instances: int = 1, kind: str = "KIND_
         f"name: \"{BLS_MODEL}\"\nbackend: \"python\"\nmax_batch_size: {deployment.max_rows}\n"
         + _tensor_block("input", inputs)
         + _tensor_block("output", outputs)
-        + _dynamic_batching(BLS_QUEUE_DELAY_US)
         + _instance_group(instances, kind)
         + _parameters({"component_timeout_ms": str(COMPONENT_TIMEOUT_MS)})
     )
 
 
-def write_onnxruntime_repository(repository: Path, deployment: Deployment) -> None:
-    """Configs and model.py files around ONNX graphs already at ``<repo>/<component>/1/model.onnx``."""
+def write_onnxruntime_repository(repository: Path, deployment: Deployment, placement: CpuPlacement | None = None) -> None:
+    """Configs and model.py files around ONNX graphs already at ``<repo>/<component>/1/model.onnx``.
+
+    ``placement`` defaults to this host's cores: ``ensure_repository`` rewrites the configs at every
+    start, so a preset follows the machine that serves it.
+    """
+    placement = placement or CpuPlacement.for_this_host()
     for name, spec in deployment.specs().items():
-        (model_dir(repository, name) / "config.pbtxt").write_text(component_config(spec))
+        (model_dir(repository, name) / "config.pbtxt").write_text(component_config(spec, instances=placement.component_instances))
         shutil.copyfile(ORT_TEMPLATE, version_dir(repository, name) / "model.py")
-    write_bls(repository, bls_config(deployment))
+    write_bls(repository, bls_config(deployment, instances=placement.bls_instances))
 
 
 def write_bls(repository: Path, config: str) -> None:

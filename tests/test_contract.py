@@ -34,7 +34,8 @@ def test_bls_config_declares_every_contract_field_with_its_type(deployment):
         assert block, f"{f.name} missing from the BLS config"
         assert block.group(1) == f.triton_dtype
     assert f"max_batch_size: {deployment.max_rows}" in config
-    assert "dynamic_batching" in config
+    # One request per execution: an accepted image must not wait for its batch neighbours' teacher work.
+    assert "dynamic_batching" not in config
     size = deployment.image_size
     assert re.search(r'name: "image"\s+data_type: TYPE_UINT8\s+dims: \[ %d, %d, 3 \]' % (size, size), config)
     optional = re.findall(r'name: "(\w+)"[^}]*optional: true', config)
