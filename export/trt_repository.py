@@ -30,7 +30,7 @@ import numpy as np
 
 from bll_python.deployment import Deployment
 from bll_python.layout import BLS_MODEL, assets_dir, model_dir, plan_path, version_dir
-from bll_python.specs import ComponentSpec
+from bll_python.specs import BATCH, ComponentSpec
 from export.triton_repository import (
     write_bls,
     COMPONENT_QUEUE_DELAY_US,
@@ -74,14 +74,23 @@ def teacher_share(accept_rate: float, student_steps: int, teacher_steps: int, co
 
 @dataclass(frozen=True)
 class Placement:
-    """Model instances per GPU. One Triton per GPU: scale out by adding GPUs, not by splitting one."""
+    """Model instances per GPU. One Triton per GPU: scale out by adding GPUs, not by splitting one.
+
+    Each BLS instance runs one request at a time (no BLS batching, so an accepted image never waits
+    for a neighbour's teacher work) and spends part of it in Python between component calls, so
+    there are ``BLS_PER_UNET_INSTANCE`` BLS instances per UNet instance: enough requests in flight
+    for the components' dynamic batchers to fill their preferred batches, while every BLS instance
+    (a process with its own CUDA context, ~0.5 GB) costs GPU memory.
+    """
 
     text_encoder: int = 1
     unet_student: int = 1
     unet_teacher: int = 1
     vae_decoder: int = 1
     image_reward: int = 1
-    bls: int = 1
+    bls: int = 4
+
+    BLS_PER_UNET_INSTANCE = 2
 
     @classmethod
     def from_accept_rate(
@@ -92,6 +101,7 @@ class Placement:
             raise ValueError("need at least 2 UNet instances per GPU: one student, one teacher")
         share = teacher_share(accept_rate, student_steps, teacher_steps, cost_ratio)
         teacher = min(max(round(unet_instances * share), 1), unet_instances - 1)
+        others.setdefault("bls", cls.BLS_PER_UNET_INSTANCE * unet_instances)
         return cls(unet_student=unet_instances - teacher, unet_teacher=teacher, **others)
 
     def count(self, model: str) -> int:
@@ -112,10 +122,17 @@ def tensorrt_component_config(spec: ComponentSpec, *, backend: str = "tensorrt",
         f"name: \"{spec.name}\"\n{runtime}max_batch_size: {spec.max_batch}\n"
         + _tensor_block("input", [(t.name, t.triton_dtype, _dims(t), False) for t in spec.inputs], reshape_scalars=True)
         + _tensor_block("output", [(t.name, t.triton_dtype, _dims(t), False) for t in spec.outputs], reshape_scalars=True)
-        + _dynamic_batching(COMPONENT_QUEUE_DELAY_US, timeout_override=True)
+        # The profile's opt batch is the shape TensorRT tuned its kernels for: the batcher waits up to
+        # the queue delay for calls of concurrent BLS instances to fill it.
+        + _dynamic_batching(COMPONENT_QUEUE_DELAY_US, timeout_override=True, preferred=_preferred_batches(spec))
         + _instance_group(instances, "KIND_GPU", gpus)
         + _parameters(params)
     )
+
+
+def _preferred_batches(spec: ComponentSpec) -> tuple[int, ...]:
+    opt = spec.profile[BATCH].opt
+    return (opt,) if opt > 1 else ()
 
 
 def gpu_bls_config(deployment: Deployment, *, instances: int = 1, gpus: Sequence[int] | None = None) -> str:
