@@ -3,184 +3,34 @@
 The plan is a chain of Polygraphy loader *classes*; nothing in it imports ``tensorrt`` until it is
 called, so CPU-only tests build the whole plan and inspect its profile and builder flags::
 
-    NetworkFromOnnxPath -> PostprocessNetwork(keep_fp32) -> EngineFromNetwork(CreateConfig) -> SaveEngine
+    NetworkFromOnnxPath -> PostprocessNetwork(KeepFp32) -> EngineFromNetwork(CreateConfig) -> SaveEngine
 
 Profile: one optimization profile per engine, read from the spec: batch 1 .. max at the spec's
 ``opt`` (the UNets' max already counts the CFG-doubled rows), every other dim fixed.
 
 Builder config: ``fp16=True``; a persistent timing cache (loaded before and merged back after each
 build, so rebuilding five engines, or rebuilding after a weight change, skips most tactic timing);
-an explicit builder optimization level; ``precision_constraints="obey"`` so the layers below
-really run in FP32 instead of being a hint TensorRT may ignore.
-
-FP16 overflow guards (``FP32_RULES``, one tuple of rules per component; each rule says why):
-
-- Normalization layers (LayerNorm, and GroupNorm, which opset 17 exports as InstanceNormalization),
-  everywhere: the variance is a sum of squares over a whole row or group, and activations of a few
-  hundred already overflow FP16's 65504 when squared and summed. TensorRT warns about exactly this
-  ("Running layernorm after self-attention in FP16 may cause overflow"). Decomposed norms (opset
-  < 17, or hand-written ones) are caught by their ReduceMean/Pow/Sqrt inside a ``*norm*`` scope.
-- Softmax in the text encoder, the VAE decoder and ImageReward: their logits are not bounded (the
-  VAE's single-head attention over 4096 tokens, BERT's -1e4 mask offsets). These are run once per
-  image, so FP32 costs little. The UNets' softmax is left alone: TensorRT's fused attention kernels
-  already accumulate softmax in FP32, and pinning the layer would break that fusion on the model
-  that runs 4-50 times per image.
-- The UNet's sinusoidal timestep embedding (``time_proj``): ``t * freq`` reaches ~1000, where FP16's
-  spacing is 0.5 rad, so sin/cos of it would be noise. Its outputs are pinned to FP32 as well.
-- ImageReward's head and its root-scope ops (pixel normalisation before the ViT, ``(r - mean) / std``
-  after the head): the score is compared with ``tau`` to 3-4 digits, beyond FP16's ~3.
-
-Only floating-point, non-shape layers are pinned: shape arithmetic, casts and integer layers keep
-their types, since forcing them under "obey" fails the build.
+an explicit builder optimization level; ``precision_constraints="obey"`` so the layers the component's
+FP32 rules name (``export.tensorrt.precision``) really run in FP32 instead of being a hint TensorRT
+may ignore.
 """
 
 from __future__ import annotations
 
-import ctypes
-import importlib.util
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from polygraphy.backend.trt import CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, PostprocessNetwork, Profile, SaveEngine
-from polygraphy.exception import PolygraphyException
-from polygraphy.logger import G_LOGGER
 
 from bll_python.layout import onnx_path, plan_path
+from bll_python.precision import Fp32Rule
 from bll_python.specs import ComponentSpec
+from export.tensorrt.availability import require_tensorrt
+from export.tensorrt.precision import KeepFp32, fp32_rules
 
-GPU_INSTALL_HINT = "pip install -e .[gpu] --extra-index-url https://pypi.nvidia.com"
 TIMING_CACHE_NAME = "tensorrt.timing.cache"
-
-
-class TensorRTUnavailable(PolygraphyException):
-    """Building or running an engine needs ``tensorrt`` and an NVIDIA GPU, and one is missing."""
-
-
-def cuda_device_count() -> int:
-    """GPUs the CUDA driver sees; 0 without a driver (asks libcuda directly, so a CPU torch is fine)."""
-    try:
-        libcuda = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return 0
-    count = ctypes.c_int(0)
-    if libcuda.cuInit(0) != 0 or libcuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
-        return 0
-    return count.value
-
-
-def tensorrt_unavailable_reason() -> str | None:
-    """None when engines can be built here, else what is missing and how to get it."""
-    if importlib.util.find_spec("tensorrt") is None:
-        return f"needs tensorrt ({GPU_INSTALL_HINT}) and an NVIDIA GPU"
-    if cuda_device_count() == 0:
-        return "needs an NVIDIA GPU with a working driver (libcuda.so.1 reports no device)"
-    return None
-
-
-def require_tensorrt() -> None:
-    reason = tensorrt_unavailable_reason()
-    if reason:
-        raise TensorRTUnavailable(f"TensorRT engine build {reason}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Layers kept in FP32
-
-
-@dataclass(frozen=True)
-class Fp32Rule:
-    """Layers to run in FP32: any whose TensorRT type is in ``layer_types`` or whose name matches.
-
-    Layer names are the ONNX node names (``/unet/time_proj/Sin``), which the exporter derives from
-    module paths; ``outputs`` also pins the output tensors, for values that must stay FP32 downstream.
-    """
-
-    why: str
-    layer_types: tuple[str, ...] = ()
-    name_pattern: str | None = None
-    outputs: bool = False
-
-    def matches(self, layer_type: str, layer_name: str) -> bool:
-        if layer_type in self.layer_types:
-            return True
-        return bool(self.name_pattern and re.search(self.name_pattern, layer_name or ""))
-
-
-NORMALIZATION = Fp32Rule(
-    "variance of a row or group is a sum of squares that overflows FP16",
-    layer_types=("NORMALIZATION",),
-    name_pattern=r"(?i)/[^/]*norm[^/]*/(ReduceMean|Pow|Sqrt)",
-)
-SOFTMAX = Fp32Rule("unbounded logits (long single-head attention, -1e4 mask offsets)", layer_types=("SOFTMAX",))
-TIME_PROJ = Fp32Rule("t * freq reaches ~1000 where FP16 spacing is 0.5 rad", name_pattern=r"/time_proj/", outputs=True)
-REWARD_HEAD = Fp32Rule("the score is compared with tau to 3-4 digits", name_pattern=r"^/head/", outputs=True)
-REWARD_ROOT_OPS = Fp32Rule(
-    "pixel normalisation and (reward - mean) / std around the score; cheap elementwise ops",
-    name_pattern=r"^/[^/]+$",
-    outputs=True,
-)
-
-FP32_RULES: dict[str, tuple[Fp32Rule, ...]] = {
-    "text_encoder": (NORMALIZATION, SOFTMAX),
-    "unet_student": (NORMALIZATION, TIME_PROJ),
-    "unet_teacher": (NORMALIZATION, TIME_PROJ),
-    "vae_decoder": (NORMALIZATION, SOFTMAX),
-    "image_reward": (NORMALIZATION, SOFTMAX, REWARD_HEAD, REWARD_ROOT_OPS),
-}
-
-# Never pinned: they carry no float math. Layers whose data input (input 0) or outputs are not
-# floating point, or are shape tensors, are skipped too: integer math must keep its types.
-_UNPINNABLE = {"CONSTANT", "SHAPE", "IDENTITY", "CAST", "ASSERTION", "CONDITION", "CONDITIONAL_INPUT", "CONDITIONAL_OUTPUT"}
-
-
-class KeepFp32:
-    """``PostprocessNetwork`` step: set ``layer.precision = float32`` on layers matching ``rules``.
-
-    After the build, ``marked`` lists the names of the layers it pinned.
-    """
-
-    def __init__(self, rules: tuple[Fp32Rule, ...]) -> None:
-        self.rules = tuple(rules)
-        self.marked: list[str] = []
-
-    def __call__(self, network: Any) -> None:
-        from polygraphy.mod.trt_importer import lazy_import_trt
-
-        self.apply(network, lazy_import_trt())
-
-    def apply(self, network: Any, trt: Any) -> list[str]:
-        """Pin the matching layers of ``network``; ``trt`` is the tensorrt module (a stand-in in tests)."""
-        floats = {trt.float32, trt.float16}
-        self.marked = []
-        hit: set[Fp32Rule] = set()
-        for index in range(network.num_layers):
-            layer = network.get_layer(index)
-            if layer.type.name in _UNPINNABLE:
-                continue
-            outs = [layer.get_output(i) for i in range(layer.num_outputs)]
-            data = layer.get_input(0) if layer.num_inputs else None
-            if data is None or data.dtype not in floats or not outs or any(t.dtype not in floats or t.is_shape_tensor for t in outs):
-                continue
-            rule = next((r for r in self.rules if r.matches(layer.type.name, layer.name)), None)
-            if rule is None:
-                continue
-            layer.precision = trt.float32
-            if rule.outputs:
-                for i in range(layer.num_outputs):
-                    layer.set_output_type(i, trt.float32)
-            self.marked.append(layer.name)
-            hit.add(rule)
-        for rule in self.rules:
-            if rule not in hit:  # renamed modules or a new exporter would silently drop a guard
-                G_LOGGER.warning(f"FP32 rule matched no layer: {rule.why}")
-        return self.marked
-
-
-# ---------------------------------------------------------------------------------------------
-# The plan
 
 
 def profile_shapes(spec: ComponentSpec) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
@@ -202,7 +52,7 @@ class BuildOptions:
     # TensorRT's default level, written out so the plan records it; 4-5 search longer for a few %.
     builder_optimization_level: int = 3
     precision_constraints: str = "obey"
-    # None: the spec's rules from FP32_RULES; () builds a plain FP16 engine (for comparisons).
+    # None: the component record's rules; () builds a plain FP16 engine (for comparisons).
     fp32_rules: tuple[Fp32Rule, ...] | None = None
 
 
@@ -258,7 +108,7 @@ class EngineBuild:
 
 def engine_build(spec: ComponentSpec, onnx: Path, plan: Path, *, timing_cache: Path, options: BuildOptions = BuildOptions()) -> EngineBuild:
     """The build plan of one component. Constructing it needs neither tensorrt nor a GPU."""
-    rules = FP32_RULES.get(spec.name, (NORMALIZATION,)) if options.fp32_rules is None else options.fp32_rules
+    rules = fp32_rules(spec.name) if options.fp32_rules is None else options.fp32_rules
     keep = KeepFp32(rules)
     profile = trt_profile(spec)
     # parse_from_file keeps the graph's directory, so external weights (>2 GB graphs) resolve.

@@ -1,31 +1,33 @@
-"""Write a Triton model repository: ``config.pbtxt`` per component from its spec, plus the BLS model.
+"""Every ``config.pbtxt`` as a typed ``ModelConfig``: built from the specs and the contract, written
+and read with protobuf's text format (``tritonclient`` ships Triton's ``model_config_pb2``).
 
-Runtimes:
-- ``onnxruntime`` (default, runs anywhere): each component is a Python-backend model that runs its
-  ``model.onnx`` with ONNX Runtime (template: ``model_repository/onnxruntime_component``).
-- ``tensorrt``: see ``export.trt_repository`` (``platform: "tensorrt_plan"``).
+Flavours:
+- ``component_config``: a component served by the ONNX Runtime Python model (CPU).
+- ``tensorrt_component_config``: a component whose ``model.plan`` runs in Triton's TensorRT backend
+  (``platform: "tensorrt_plan"``) or in the TensorRT-runtime Python model (``python-trt``), on GPUs.
+- ``bls_config``: ``adaptive_diffusion``, from the serving contract; ``device="cuda"`` keeps its
+  pipeline and the component tensors on the GPU.
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
 
 from bll_python.contract import REQUEST_FIELDS, RESPONSE_FIELDS
 from bll_python.deployment import Deployment
-from bll_python.layout import BLS_MODEL, model_dir, version_dir
+from bll_python.layout import BLS_MODEL, config_path
 from bll_python.specs import BATCH, ComponentSpec, TensorSpec
-
-TEMPLATES = Path(__file__).resolve().parent.parent / "model_repository"
-ORT_TEMPLATE = TEMPLATES / "onnxruntime_component" / "model.py"
-BLS_TEMPLATE = TEMPLATES / BLS_MODEL / "1" / "model.py"
 
 # Queueing lets requests that arrive together share one execution, but a lone request waits the
 # whole delay (the batcher holds it until max_batch_size or the delay), so keep it short. For the BLS,
 # 1 ms still merges a client's burst and closed-loop clients answered by one execution (they send
 # again within ~0.5 ms); 5 ms cost a tiny-preset request 6% of its latency at concurrency 1.
 BLS_QUEUE_DELAY_US = 1000
-# GPU components (export.trt_repository): merges the BLS calls of concurrent BLS instances.
+# GPU components: merges the BLS calls of concurrent BLS instances.
 COMPONENT_QUEUE_DELAY_US = 500
 # CPU components: one BLS instance calls them one at a time, so there is never a second call to wait
 # for, and 500 us on each of the 8-19 calls of an image was pure latency. Calls already queued are
@@ -45,45 +47,55 @@ CPU_COMPONENT_ALLOW_SPINNING = False
 # long a BLS execution waits behind a stuck or saturated component; a call that expires fails its
 # rows with UNAVAILABLE naming the component. Generous, because it must never trip on a busy queue.
 COMPONENT_TIMEOUT_MS = 30000
+# The policy's own default (10 min) only bounds requests that set no timeout.
+_COMPONENT_DEFAULT_TIMEOUT_US = 600_000_000
 
-PER_ROW = "[ 1 ]"
+BACKENDS = ("tensorrt", "python-trt")
 
 
-def _dims(t: TensorSpec) -> str:
-    # Triton dims exclude the batch axis when max_batch_size > 0; other symbols are variable.
+def _dims(t: TensorSpec) -> list[int]:
+    # Triton dims exclude the batch axis when max_batch_size > 0; other symbols are variable (-1).
     # A per-row scalar ([B], e.g. timestep) is [B, 1] on the wire and reshaped to [B] for the model.
-    dims = [d for d in t.dims if d != BATCH]
-    return "[ " + ", ".join("-1" if isinstance(d, str) else str(d) for d in dims) + " ]" if dims else PER_ROW
+    return [-1 if isinstance(d, str) else d for d in t.dims if d != BATCH] or [1]
 
 
-def _tensor_block(kind: str, tensors: list[tuple[str, str, str, bool]], reshape_scalars: bool = False) -> str:
-    rows = []
-    for name, dtype, dims, optional in tensors:
-        extra = "\n    optional: true" if optional else ""
-        if reshape_scalars and dims == PER_ROW:
-            extra += "\n    reshape: { shape: [ ] }"
-        rows.append(f"  {{\n    name: \"{name}\"\n    data_type: {dtype}\n    dims: {dims}{extra}\n  }}")
-    return f"{kind} [\n" + ",\n".join(rows) + "\n]\n"
+def _spec_tensors(kind: type, tensors: Iterable[TensorSpec]) -> list:
+    out = []
+    for t in tensors:
+        tensor = kind(name=t.name, data_type=mc.DataType.Value(t.triton_dtype), dims=_dims(t))
+        if t.dims == (BATCH,):
+            tensor.reshape.SetInParent()  # reshape: { shape: [ ] }
+        out.append(tensor)
+    return out
 
 
-# A queue policy that lets each BLS call set its own timeout (COMPONENT_TIMEOUT_MS); the default
-# (10 min) only bounds requests that set none.
-_COMPONENT_QUEUE_POLICY = "  default_queue_policy {\n    timeout_action: REJECT\n    default_timeout_microseconds: 600000000\n    allow_timeout_override: true\n  }\n"
+def _parameters(config: mc.ModelConfig, params: Mapping[str, str]) -> None:
+    for key, value in params.items():
+        config.parameters[key].string_value = value
 
 
-def _dynamic_batching(delay_us: int, *, timeout_override: bool = False) -> str:
-    policy = _COMPONENT_QUEUE_POLICY if timeout_override else ""
-    return f"dynamic_batching {{\n  max_queue_delay_microseconds: {delay_us}\n{policy}}}\n"
-
-
-def _instance_group(count: int, kind: str, gpus: list[int] | tuple[int, ...] | None = None) -> str:
+def _instance_group(count: int, kind: str, gpus: Sequence[int] | None = None) -> mc.ModelInstanceGroup:
     # Without gpus, a KIND_GPU group places `count` instances on every visible GPU.
-    devices = f"\n    gpus: [ {', '.join(map(str, gpus))} ]" if gpus else ""
-    return f"instance_group [\n  {{\n    count: {count}\n    kind: {kind}{devices}\n  }}\n]\n"
+    return mc.ModelInstanceGroup(count=count, kind=mc.ModelInstanceGroup.Kind.Value(kind), gpus=list(gpus or []))
 
 
-def _parameters(params: dict[str, str]) -> str:
-    return "".join(f"parameters {{ key: \"{k}\" value: {{ string_value: \"{v}\" }} }}\n" for k, v in params.items())
+def _component(spec: ComponentSpec, *, delay_us: int, group: mc.ModelInstanceGroup) -> mc.ModelConfig:
+    """The parts every component shares: its spec's tensors, dynamic batching, the queue policy."""
+    config = mc.ModelConfig(
+        name=spec.name,
+        max_batch_size=spec.max_batch,
+        input=_spec_tensors(mc.ModelInput, spec.inputs),
+        output=_spec_tensors(mc.ModelOutput, spec.outputs),
+        instance_group=[group],
+    )
+    batching = config.dynamic_batching
+    batching.max_queue_delay_microseconds = delay_us
+    # Lets each BLS call set its own timeout (COMPONENT_TIMEOUT_MS).
+    policy = batching.default_queue_policy
+    policy.timeout_action = mc.ModelQueuePolicy.REJECT
+    policy.default_timeout_microseconds = _COMPONENT_DEFAULT_TIMEOUT_US
+    policy.allow_timeout_override = True
+    return config
 
 
 def component_config(
@@ -93,42 +105,66 @@ def component_config(
     kind: str = "KIND_CPU",
     threads: int = CPU_COMPONENT_THREADS,
     allow_spinning: bool = CPU_COMPONENT_ALLOW_SPINNING,
-) -> str:
-    """``config.pbtxt`` of a component served by the ONNX Runtime Python model (``threads=0``: ORT's default)."""
-    return (
-        f"name: \"{spec.name}\"\nbackend: \"python\"\nmax_batch_size: {spec.max_batch}\n"
-        + _tensor_block("input", [(t.name, t.triton_dtype, _dims(t), False) for t in spec.inputs], reshape_scalars=True)
-        + _tensor_block("output", [(t.name, t.triton_dtype, _dims(t), False) for t in spec.outputs], reshape_scalars=True)
-        + _dynamic_batching(CPU_COMPONENT_QUEUE_DELAY_US, timeout_override=True)
-        + _instance_group(instances, kind)
-        + _parameters({"onnx_file": "model.onnx", "intra_op_threads": str(threads), "allow_spinning": str(int(allow_spinning))})
-    )
+) -> mc.ModelConfig:
+    """A component served by the ONNX Runtime Python model (``threads=0``: ORT's default)."""
+    config = _component(spec, delay_us=CPU_COMPONENT_QUEUE_DELAY_US, group=_instance_group(instances, kind))
+    config.backend = "python"
+    _parameters(config, {"onnx_file": "model.onnx", "intra_op_threads": str(threads), "allow_spinning": str(int(allow_spinning))})
+    return config
 
 
-def bls_config(deployment: Deployment, *, instances: int = 1, kind: str = "KIND_CPU") -> str:
+def tensorrt_component_config(spec: ComponentSpec, *, backend: str = "tensorrt", instances: int = 1, gpus: Sequence[int] | None = None) -> mc.ModelConfig:
+    """A component whose ``1/model.plan`` is a TensorRT engine built from ``spec``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    config = _component(spec, delay_us=COMPONENT_QUEUE_DELAY_US, group=_instance_group(instances, "KIND_GPU", gpus))
+    if backend == "tensorrt":
+        config.platform = "tensorrt_plan"
+    else:
+        config.backend = "python"
+        _parameters(config, {"plan_file": "model.plan", "FORCE_CPU_ONLY_INPUT_TENSORS": "no"})
+    return config
+
+
+def bls_config(deployment: Deployment, *, instances: int = 1, device: str = "cpu", gpus: Sequence[int] | None = None) -> mc.ModelConfig:
+    """``adaptive_diffusion``: one value per row for every contract field, the image ``[H, W, 3]``.
+
+    ``device="cuda"`` runs its instances on GPUs with the pipeline on the GPU: the BLS model.py reads
+    ``device``, the Python backend ``FORCE_CPU_ONLY_INPUT_TENSORS``.
+    """
     size = deployment.image_size
-    inputs = [(f.name, f.triton_dtype, "[ 1 ]", f.optional) for f in REQUEST_FIELDS]
-    outputs = [(f.name, f.triton_dtype, f"[ {size}, {size}, 3 ]" if f.name == "image" else "[ 1 ]", False) for f in RESPONSE_FIELDS]
-    return (
-        f"name: \"{BLS_MODEL}\"\nbackend: \"python\"\nmax_batch_size: {deployment.max_rows}\n"
-        + _tensor_block("input", inputs)
-        + _tensor_block("output", outputs)
-        + _dynamic_batching(BLS_QUEUE_DELAY_US)
-        + _instance_group(instances, kind)
-        + _parameters({"component_timeout_ms": str(COMPONENT_TIMEOUT_MS)})
+    config = mc.ModelConfig(
+        name=BLS_MODEL,
+        backend="python",
+        max_batch_size=deployment.max_rows,
+        input=[mc.ModelInput(name=f.name, data_type=mc.DataType.Value(f.triton_dtype), dims=[1], optional=f.optional) for f in REQUEST_FIELDS],
+        output=[
+            mc.ModelOutput(name=f.name, data_type=mc.DataType.Value(f.triton_dtype), dims=[size, size, 3] if f.name == "image" else [1])
+            for f in RESPONSE_FIELDS
+        ],
+        instance_group=[_instance_group(instances, "KIND_GPU" if device == "cuda" else "KIND_CPU", gpus)],
     )
+    config.dynamic_batching.max_queue_delay_microseconds = BLS_QUEUE_DELAY_US
+    _parameters(config, {"component_timeout_ms": str(COMPONENT_TIMEOUT_MS)})
+    if device == "cuda":
+        _parameters(config, {"FORCE_CPU_ONLY_INPUT_TENSORS": "no", "device": "cuda"})
+    elif device != "cpu":
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    return config
 
 
-def write_onnxruntime_repository(repository: Path, deployment: Deployment) -> None:
-    """Configs and model.py files around ONNX graphs already at ``<repo>/<component>/1/model.onnx``."""
-    for name, spec in deployment.specs().items():
-        (model_dir(repository, name) / "config.pbtxt").write_text(component_config(spec))
-        shutil.copyfile(ORT_TEMPLATE, version_dir(repository, name) / "model.py")
-    write_bls(repository, bls_config(deployment))
+def gpu_bls_config(deployment: Deployment, *, instances: int = 1, gpus: Sequence[int] | None = None) -> mc.ModelConfig:
+    """The BLS of a TensorRT repository: tensors stay in GPU memory between components."""
+    return bls_config(deployment, instances=instances, device="cuda", gpus=gpus)
 
 
-def write_bls(repository: Path, config: str) -> None:
-    """The BLS model folder: ``config`` (CPU or GPU flavour) plus the adapter ``model.py``."""
-    version_dir(repository, BLS_MODEL).mkdir(parents=True, exist_ok=True)
-    (model_dir(repository, BLS_MODEL) / "config.pbtxt").write_text(config)
-    shutil.copyfile(BLS_TEMPLATE, version_dir(repository, BLS_MODEL) / "model.py")
+def config_text(config: mc.ModelConfig) -> str:
+    return text_format.MessageToString(config)
+
+
+def write_config(repository: Path, config: mc.ModelConfig) -> Path:
+    """``<repository>/<config.name>/config.pbtxt``."""
+    path = config_path(repository, config.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(config_text(config))
+    return path

@@ -1,0 +1,20 @@
+"""The ONNX Runtime repository (runs anywhere): each component is a Python-backend model that runs
+its ``model.onnx`` with ONNX Runtime (template ``model_repository/onnxruntime_component``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bll_python.deployment import Deployment
+from bll_python.layout import BLS_MODEL
+from export.triton.configs import bls_config, component_config, write_config
+from export.triton.model_files import BLS_TEMPLATE, ORT_TEMPLATE, place_python_model
+
+
+def write_onnxruntime_repository(repository: Path, deployment: Deployment) -> None:
+    """Configs, model.py files and their core around ONNX graphs already at ``<repo>/<component>/1/model.onnx``."""
+    for name, spec in deployment.specs().items():
+        write_config(repository, component_config(spec))
+        place_python_model(repository, name, ORT_TEMPLATE)
+    write_config(repository, bls_config(deployment))
+    place_python_model(repository, BLS_MODEL, BLS_TEMPLATE)
