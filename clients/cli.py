@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from bll_python.contract import SETTING_FIELDS, field
+from bll_python.prompts import read_prompts as read_prompt_file
 from bll_python.settings import Strategy
 from clients.client import AdaptiveClient, Generation
 
@@ -37,10 +38,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
-    prompts = list(args.prompts)
-    if args.prompts_file:
-        prompts += [l.strip() for l in args.prompts_file.read_text(encoding="utf-8").splitlines() if l.strip() and not l.startswith("#")]
-    return prompts
+    return list(args.prompts) + (read_prompt_file(args.prompts_file) if args.prompts_file else [])
 
 
 def generate_all(client_factory, prompts: Sequence[str], seed: int, negative: str | None, concurrency: int, settings: dict) -> list[Generation]:
