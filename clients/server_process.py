@@ -6,7 +6,8 @@ The demo and the benchmarks use it, so they depend on the launcher's command lin
         client = AdaptiveClient(server.grpc_url, "grpc")
 
 The launcher's output (its banner and the server log) goes to ``log``; SIGTERM stops it, and it stops
-the server cleanly. It runs with ``--exit-with-parent``, so a crashed benchmark leaves no server behind.
+the server cleanly. It runs with ``--exit-with-parent``, so a crashed benchmark leaves no server behind;
+as with any parent-death signal, start it from a thread that outlives the server (normally the main one).
 """
 
 from __future__ import annotations

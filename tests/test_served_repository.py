@@ -80,14 +80,28 @@ def test_a_served_component_imports_its_own_copy_of_the_core(tiny_repository, tm
     assert "the copy inside vae_decoder/1 was imported" in log
 
 
-def test_a_tensorrt_plan_folder_carries_no_python(tiny_repository, deployment, tmp_path):
+@pytest.fixture
+def tensorrt_repository(tiny_repository, deployment, tmp_path):
+    """The tiny repository rewritten for TensorRT plans (stand-in plan files: nothing here runs them)."""
     from export.triton.tensorrt import write_tensorrt_repository
 
     repo = _copy_repository(tiny_repository, tmp_path / "repository")
     for name in deployment.specs():
         (version_dir(repo, name) / "model.plan").write_bytes(b"not an engine")
         (version_dir(repo, name) / "model.onnx").unlink()
-    write_tensorrt_repository(repo, deployment)
+    return repo, write_tensorrt_repository(repo, deployment, gpus=[0])
+
+
+def test_a_tensorrt_plan_folder_carries_no_python(tensorrt_repository, deployment):
+    repo, _ = tensorrt_repository
     for name in deployment.specs():
         assert sorted(p.name for p in version_dir(repo, name).iterdir()) == ["model.plan"], name
     assert _same_tree(CORE, version_dir(repo, BLS_MODEL) / CORE_NAME), "the BLS keeps its core"
+
+
+def test_the_launcher_passes_the_server_flags_the_repository_records(tensorrt_repository, tiny_repository):
+    repo, written = tensorrt_repository
+    assert written.server_args == [f"--cuda-memory-pool-byte-size=0:{written.cuda_pool_bytes}"]
+    command = TritonServer(repo, extra_args=["--log-info=false"]).command()
+    assert command[-2:] == [*written.server_args, "--log-info=false"], "the repository's flags first, the caller's last"
+    assert not any(arg.startswith("--cuda-memory-pool-byte-size") for arg in TritonServer(tiny_repository).command())
