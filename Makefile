@@ -38,7 +38,7 @@ demo: venv system-deps
 	$(BIN)/python -m clients.demo --preset $(PRESET)
 
 serve: venv
-	$(BIN)/python -m export.serve --preset $(PRESET)
+	$(BIN)/python -m export.launcher --preset $(PRESET)
 
 bench: venv system-deps
 	$(BIN)/python -m benchmarks.run

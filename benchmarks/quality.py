@@ -22,7 +22,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from benchmarks.modes import BY_NAME, Mode, select_modes
-from benchmarks.workload import TEST_PROMPTS, read_prompts
+from benchmarks.workload import TEST_PROMPTS
+from bll_python.prompts import read_prompts
 from bll_python.pipeline import AdaptivePipeline
 
 RESULTS = Path(__file__).resolve().parent / "results"

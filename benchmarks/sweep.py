@@ -156,7 +156,11 @@ def measure_level(
     csv_path: Path,
     protocol: str,
 ) -> LevelResult:
-    """One perf_analyzer run, with Triton's per-model statistics and the BLS stage timers around it."""
+    """One perf_analyzer run, with Triton's per-model statistics and the BLS stage timers around it.
+
+    ``server`` has ``grpc_url``, ``http_url``, ``metrics_url`` and ``pid`` (the tritonserver process,
+    whose tree's CPU time is measured): a ``ServerProcess``, or the tests' ``TritonServer``.
+    """
     url = server.grpc_url if protocol == "grpc" else server.http_url
     stats_before, stages_before = snapshot(stats_client), stage_seconds(server.metrics_url)
     cpu_before = tree_cpu_seconds(server.pid)
@@ -235,11 +239,11 @@ def run_preset(config: SweepConfig, out_dir: Path, log: Log = print) -> PresetRe
     import tritonclient.grpc as grpcclient
 
     from clients.client import AdaptiveClient
-    from export.build import ensure_repository
-    from tests.triton_fixtures import running_server
+    from clients.server_process import ServerProcess
+    from export.build import repository_or_preset
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    repository = config.repository or ensure_repository(config.preset, progress=False)
+    repository, _ = repository_or_preset(config.repository, config.preset)
     deployment = Deployment.load(assets_dir(repository))
     workload = Workload.from_file(config.prompts, config.entries)
     report = PresetReport(config.preset, machine_info(), config.as_dict(), deployment.defaults.as_dict())
@@ -252,7 +256,7 @@ def run_preset(config: SweepConfig, out_dir: Path, log: Log = print) -> PresetRe
     for batch in inprocess_batches:
         warm_up(pipe, workload, batch)
     served_batches = sorted({*inprocess_batches, min(max(config.concurrency), deployment.max_rows)})
-    with running_server(repository) as server:
+    with ServerProcess(repository, log=out_dir / "server.log") as server:
         stats_client = grpcclient.InferenceServerClient(server.grpc_url)
         try:
             with AdaptiveClient(server.grpc_url, "grpc") as client:

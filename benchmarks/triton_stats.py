@@ -14,9 +14,9 @@ import urllib.request
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
+from bll_python.components import COMPONENT_NAMES as COMPONENTS
 from bll_python.layout import BLS_MODEL
 
-COMPONENTS = ("text_encoder", "unet_student", "unet_teacher", "vae_decoder", "image_reward")
 
 
 @dataclass

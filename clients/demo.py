@@ -6,7 +6,6 @@ Prints the table of each protocol's images and the timings of every stage.
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 import time
 from pathlib import Path
@@ -14,6 +13,8 @@ from typing import Sequence
 
 from clients.cli import generate_all, save_pngs, table
 from clients.client import AdaptiveClient
+from clients.ports import free_ports, port_free
+from clients.server_process import ServerProcess
 
 DEMO_PROMPTS = [
     "a red fox standing in the snow, 35mm photograph",
@@ -25,11 +26,6 @@ DEMO_PROMPTS = [
 ]
 
 
-def _port_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as s:
-        return s.connect_ex((host, port)) != 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="demo", description=__doc__)
     p.add_argument("--preset", default="tiny")
@@ -38,7 +34,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from export.build import ensure_repository
-    from export.serve import TritonServer, free_ports
 
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -46,12 +41,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     timings["export (or reuse)"] = time.perf_counter() - t
 
     ports = (8000, 8001, 8002)
-    if not all(_port_free(port) for port in ports):  # a server already owns the defaults: use others
+    if not all(port_free(port) for port in ports):  # a server already owns the defaults: use others
         ports = tuple(free_ports(3))
     t = time.perf_counter()
-    with TritonServer(repository, http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2]) as server:
+    with ServerProcess(repository, ports=ports, log=args.out / "server.log") as server:
         timings["server start"] = time.perf_counter() - t
-        print(f"tritonserver ready: http {server.http_url}  grpc {server.grpc_url}  metrics {server.metrics_url}")
+        print(f"tritonserver ready: http {server.http_url}  grpc {server.grpc_url}  metrics {server.metrics_url}  (log {server.log})")
         for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
             t = time.perf_counter()
             results = generate_all(lambda: AdaptiveClient(url, protocol), DEMO_PROMPTS, 0, None, 3, {"strategy": args.strategy})

@@ -24,14 +24,14 @@ from bll_python.pipeline import AdaptivePipeline  # noqa: E402
 
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
-    from export.presets import write_preset
+    from export.checkpoints.presets import write_preset
 
     return write_preset(tmp_path_factory.mktemp("checkpoints"), "tiny")
 
 
 @pytest.fixture(scope="session")
 def tiny_sources(tiny_checkpoints):
-    from export.sources import Sources
+    from export.checkpoints.sources import Sources
 
     c = tiny_checkpoints
     return Sources(teacher=c["teacher"], student=c["student"], student_kind="cd", reward=c["reward"], reward_config=c["reward_config"])
@@ -40,7 +40,9 @@ def tiny_sources(tiny_checkpoints):
 @pytest.fixture(scope="session")
 def tiny_repository(tiny_sources, tmp_path_factory) -> Path:
     """A complete ONNX Runtime model repository with a calibrated tau (24 held-out prompts)."""
-    from export.build import CALIBRATION_PROMPTS, export_repository, read_prompts
+    from bll_python.prompts import read_prompts
+    from export.build import export_repository
+    from export.defaults import CALIBRATION_PROMPTS
 
     repo = tmp_path_factory.mktemp("tiny") / "repository"
     export_repository(tiny_sources, repo, preset="tiny", calibration_prompts=read_prompts(CALIBRATION_PROMPTS)[:24], progress=False)
@@ -54,7 +56,7 @@ def deployment(tiny_repository) -> Deployment:
 
 @pytest.fixture(scope="session")
 def tiny_models(tiny_sources):
-    from export.sources import load_sources
+    from export.checkpoints.sources import load_sources
 
     return load_sources(tiny_sources)
 

@@ -103,8 +103,8 @@ def test_inprocess_limit_uses_the_served_session_options_and_counts_steps(bench_
 
 def test_calibration_is_stored_with_all_percentiles_and_read_back(tiny_repository, tmp_path, capsys):
     from benchmarks import calibrate
-    from export.build import calibrate as export_calibrate
-    from export.build import read_prompts
+    from bll_python.prompts import read_prompts
+    from export.build import calibrate_repository as export_calibrate
 
     repo = tmp_path / "repository"
     shutil.copytree(tiny_repository, repo)  # the session fixture stays as it is
@@ -163,7 +163,7 @@ def test_sweep_level_against_the_tiny_server_and_its_report(tiny_server, tiny_re
     from benchmarks.workload import write_input_data
 
     try:
-        from export.serve import perf_analyzer_command
+        from benchmarks.perf_analyzer import perf_analyzer_command
 
         perf_analyzer_command()
     except RuntimeError as e:

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tritonclient.grpc import model_config_pb2 as mc
 
 from bll_python.contract import REQUEST_FIELDS, RESPONSE_FIELDS
 from bll_python.serving import parse_request
 from bll_python.settings import GenerationSettings, SettingsError
-from export.triton_repository import bls_config, component_config
+from export.triton.configs import bls_config, component_config
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -29,28 +30,31 @@ def test_readme_contract_tables_list_exactly_the_contract_fields_and_types():
 
 def test_bls_config_declares_every_contract_field_with_its_type(deployment):
     config = bls_config(deployment)
+    declared = {t.name: t for t in [*config.input, *config.output]}
     for f in REQUEST_FIELDS + RESPONSE_FIELDS:
-        block = re.search(r'name: "%s"\s+data_type: (\w+)\s+dims: \[([^\]]*)\]' % f.name, config)
-        assert block, f"{f.name} missing from the BLS config"
-        assert block.group(1) == f.triton_dtype
-    assert f"max_batch_size: {deployment.max_rows}" in config
+        assert f.name in declared, f"{f.name} missing from the BLS config"
+        assert mc.DataType.Name(declared[f.name].data_type) == f.triton_dtype
+    assert config.max_batch_size == deployment.max_rows
     # One request per execution: an accepted image must not wait for its batch neighbours' teacher work.
-    assert "dynamic_batching" not in config
+    assert not config.HasField("dynamic_batching")
     size = deployment.image_size
-    assert re.search(r'name: "image"\s+data_type: TYPE_UINT8\s+dims: \[ %d, %d, 3 \]' % (size, size), config)
-    optional = re.findall(r'name: "(\w+)"[^}]*optional: true', config)
+    image = declared["image"]
+    assert (image.data_type, list(image.dims)) == (mc.TYPE_UINT8, [size, size, 3])
+    optional = [t.name for t in config.input if t.optional]
     assert sorted(optional) == sorted(f.name for f in REQUEST_FIELDS if f.optional)
 
 
 def test_component_configs_come_from_the_specs(deployment):
     for name, spec in deployment.specs().items():
         config = component_config(spec)
-        assert f'name: "{name}"' in config and f"max_batch_size: {spec.max_batch}" in config
+        assert config.name == name and config.max_batch_size == spec.max_batch
+        declared = {t.name: mc.DataType.Name(t.data_type) for t in [*config.input, *config.output]}
         for t in spec.inputs + spec.outputs:
-            assert f'name: "{t.name}"\n    data_type: {t.triton_dtype}' in config
+            assert declared[t.name] == t.triton_dtype
     unet = component_config(deployment.specs()["unet_teacher"])
     # The per-row timestep is [B] for the model and [B, 1] on the wire.
-    assert re.search(r'name: "timestep"\s+data_type: TYPE_FP32\s+dims: \[ 1 \]\s+reshape: \{ shape: \[ \] \}', unet)
+    timestep = next(t for t in unet.input if t.name == "timestep")
+    assert (timestep.data_type, list(timestep.dims), timestep.HasField("reshape"), list(timestep.reshape.shape)) == (mc.TYPE_FP32, [1], True, [])
 
 
 def test_a_request_parses_into_one_row_per_prompt_with_defaults_filled_in():

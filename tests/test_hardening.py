@@ -19,7 +19,6 @@ from __future__ import annotations
 import ast
 import json
 import os
-import re
 import shutil
 import signal
 import threading
@@ -35,9 +34,11 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from bll_python.contract import REQUEST_FIELDS, RESPONSE_FIELDS
+from bll_python.layout import read_model_config
 from bll_python.settings import LIMITS, MAX_TEXT_BYTES
 from bll_python.specs import BATCH
 from clients.client import build_inputs
+from export.triton.configs import write_config
 from tests.triton_fixtures import running_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -386,7 +387,8 @@ def test_admin_grpc_calls_need_the_key_and_inference_does_not(tiny_server):
 
 
 def test_the_launcher_restricts_admin_apis_with_the_operators_key_or_a_random_one(tmp_path, monkeypatch):
-    from export.serve import ADMIN_KEY_ENV, RESTRICTED_APIS, TritonServer
+    from export.launcher.config import ADMIN_KEY_ENV, RESTRICTED_APIS
+    from export.launcher.process import TritonServer
 
     monkeypatch.delenv(ADMIN_KEY_ENV, raising=False)
     a, b = TritonServer(tmp_path), TritonServer(tmp_path)
@@ -408,7 +410,7 @@ def test_the_launcher_restricts_admin_apis_with_the_operators_key_or_a_random_on
 
 
 class _FakeServer:
-    """Stands in for TritonServer under ``export.serve.main``: one stub has died since ready."""
+    """Stands in for TritonServer under ``export.launcher.cli.main``: one stub has died since ready."""
 
     last: "_FakeServer"
     restricted_apis, admin_header, start_seconds, pid, http_url, grpc_url, metrics_url = ("trace",), "admin-key", 0.1, 1, "h", "g", "m"
@@ -443,7 +445,7 @@ class _FakeServer:
 
 @pytest.mark.parametrize("policy, events", [("restart", ["start", "ready", "restart", "stop"]), ("exit", ["start", "ready", "stop"])])
 def test_the_cli_restarts_or_exits_when_a_stub_dies(tmp_path, monkeypatch, capsys, policy, events):
-    from export import serve
+    from export.launcher import cli as serve
 
     monkeypatch.setattr(serve, "TritonServer", _FakeServer)
     code = serve.main(["--repository", str(tmp_path), "--on-stub-crash", policy])
@@ -585,19 +587,19 @@ def write_fault_repository(source: Path, target: Path, flag: Path) -> Path:
     teacher = target / "unet_teacher"
     (teacher / "1" / "model.py").rename(teacher / "1" / "ort_component.py")
     (teacher / "1" / "model.py").write_text(FAULT_MODEL)
-    config = (teacher / "config.pbtxt").read_text()
+    config = read_model_config(target, "unet_teacher")
     # Triton only applies a request's timeout on a model that allows overriding its queue policy;
     # the generated component configs must carry one for the BLS call timeouts to mean anything.
-    assert "allow_timeout_override: true" in config, "component configs lost their queue policy"
-    config += f'parameters {{ key: "fault_flag" value: {{ string_value: "{flag}" }} }}\n'
+    assert config.dynamic_batching.default_queue_policy.allow_timeout_override, "component configs lost their queue policy"
+    config.parameters["fault_flag"].string_value = str(flag)
     # One teacher instance: a fault (or a sleep that fills the queue) then reaches every teacher call.
-    config, n = re.subn(r"count: \d+", "count: 1", config)
-    assert n == 1, "the teacher config lost its instance_group"
-    (teacher / "config.pbtxt").write_text(config)
-    bls = target / MODEL / "config.pbtxt"
-    text, n = re.subn(r'(key: "component_timeout_ms" value: \{ string_value: ")\d+(")', rf"\g<1>{COMPONENT_TIMEOUT_MS}\g<2>", bls.read_text())
-    assert n == 1, "the BLS config lost its component_timeout_ms parameter"
-    bls.write_text(text)
+    (group,) = config.instance_group
+    group.count = 1
+    write_config(target, config)
+    bls = read_model_config(target, MODEL)
+    assert "component_timeout_ms" in bls.parameters, "the BLS config lost its component_timeout_ms parameter"
+    bls.parameters["component_timeout_ms"].string_value = str(COMPONENT_TIMEOUT_MS)
+    write_config(target, bls)
     return target
 
 
@@ -682,7 +684,7 @@ def _stub(server, instance: str) -> tuple[int, str]:
 def test_a_killed_stub_gives_a_clear_error_and_a_launcher_restart_heals_it(fault_server):
     # Triton 2.51's Python backend does not restart a dead stub and still reports the model READY:
     # every request that reaches it fails until the server restarts (the launcher's watchdog does
-    # that: `python -m export.serve --on-stub-crash restart`, built on crashed_stubs()/restart()).
+    # that: `python -m export.launcher --on-stub-crash restart`, built on crashed_stubs()/restart()).
     url = fault_server.grpc_url
     assert fault_server.crashed_stubs() == []
     pid, region = _stub(fault_server, "unet_teacher_0_0")

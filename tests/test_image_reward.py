@@ -17,26 +17,11 @@ import torch
 import torch.nn.functional as F
 
 from bll_python.specs import image_reward_spec
-from export.image_reward import (
-    CHECKPOINT_NAME,
-    CLIP_MEAN,
-    CLIP_STD,
-    CONFIG_NAME,
-    IGNORED_ORIGINAL_KEYS,
-    MASK_VALUE,
-    TINY_CONFIG,
-    CheckpointError,
-    ImageRewardConfig,
-    ImageRewardScorer,
-    fold_mlp_head,
-    load_image_reward,
-    load_original_state_dict,
-    original_parameter_shapes,
-    rename_original_key,
-    reward_tokenizer,
-    tokenize_for_reward,
-    write_tiny_image_reward,
-)
+from bll_python.text import reward_tokenizer, tokenize_for_reward
+from export.checkpoints.presets import write_tiny_image_reward
+from export.models.image_reward import CLIP_MEAN, CLIP_STD, MASK_VALUE, ImageRewardScorer, load_image_reward, load_original_state_dict
+from export.models.image_reward_config import CHECKPOINT_NAME, CONFIG_NAME, TINY_CONFIG, ImageRewardConfig
+from export.models.image_reward_keys import IGNORED_ORIGINAL_KEYS, CheckpointError, fold_mlp_head, original_parameter_shapes, rename_original_key
 
 try:
     from tests.reference_image_reward import MLP, ReferenceImageReward, normalize_like_original

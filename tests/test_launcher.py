@@ -1,4 +1,4 @@
-"""The tritonserver launcher (export/serve.py) against a throwaway one-model repository."""
+"""The tritonserver launcher (export/launcher/) against a throwaway one-model repository."""
 
 from __future__ import annotations
 
@@ -15,13 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.serve import (
-    SHM_DEFAULT_PREFIX,
-    SHM_DIR,
-    TritonServer,
-    perf_analyzer_command,
-    perf_analyzer_env,
-)
+from benchmarks.perf_analyzer import perf_analyzer_command, perf_analyzer_env
+from export.launcher.process import TritonServer
+from export.launcher.shm import SHM_DEFAULT_PREFIX, SHM_DIR
 from tests import triton_fixtures
 from tests.triton_fixtures import free_ports, running_server
 
@@ -225,7 +221,7 @@ def test_running_server_retries_when_a_port_was_taken(echo_repo: Path, monkeypat
 
 
 def test_perf_analyzer_without_libb64_fails_with_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
-    from export import serve
+    from benchmarks import perf_analyzer as serve
 
     monkeypatch.setattr(serve, "_libb64_available", lambda env: False)
     with pytest.raises(RuntimeError, match="apt-get install -y libb64-0d"):
@@ -266,7 +262,7 @@ def test_perf_analyzer_measures_without_errors(shared_server: TritonServer, tmp_
 def test_cli_runs_in_foreground_until_sigterm(echo_repo: Path) -> None:
     http, grpc, metrics = free_ports(3)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "export.serve", "--repository", str(echo_repo),
+        [sys.executable, "-m", "export.launcher", "--repository", str(echo_repo),
          "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,

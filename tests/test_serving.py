@@ -127,7 +127,7 @@ def test_a_bad_request_gets_invalid_arg_and_its_batch_neighbours_still_succeed(t
 
 
 def test_perf_analyzer_runs_against_adaptive_diffusion_with_zero_errors(tiny_server, tmp_path):
-    from export.serve import perf_analyzer_command, perf_analyzer_env
+    from benchmarks.perf_analyzer import perf_analyzer_command, perf_analyzer_env
 
     data = {"data": [{"prompt": {"content": [p], "shape": [1]}, "seed": {"content": [s], "shape": [1]}, "student_steps": {"content": [2], "shape": [1]}, "teacher_steps": {"content": [2], "shape": [1]}} for p, s in zip(PROMPTS, SEEDS)]}
     (tmp_path / "input.json").write_text(json.dumps(data))

@@ -39,10 +39,11 @@ from bll_python.pipeline import AdaptivePipeline
 from bll_python.settings import GenerationSettings, Strategy
 from export.build import ExportSummary, export_repository
 from export.cli import main
-from export.image_reward import CONFIG_NAME, write_tiny_image_reward
-from export.presets import LORA_FILE, lora_tensors, write_cd_student, write_lcm_student, write_lora_student, write_student, write_teacher
-from export.sources import LoadedModels, Sources, load_sources
-from export.students import STUDENT_KINDS, SourceError, student_kind
+from export.models.image_reward_config import CONFIG_NAME
+from export.checkpoints.presets import LORA_FILE, lora_tensors, write_cd_student, write_lcm_student, write_lora_student, write_student, write_teacher, write_tiny_image_reward
+from export.checkpoints.sources import LoadedModels, Sources, load_sources
+from export.checkpoints.errors import SourceError
+from export.checkpoints.students import STUDENT_KINDS, student_kind
 
 KINDS = ("cd", "lcm", "lcm-lora", "hyper-sd", "flash")
 LORA_KINDS = ("lcm-lora", "hyper-sd", "flash")

@@ -23,22 +23,18 @@ from polygraphy.backend.trt import NetworkFromOnnxPath, PostprocessNetwork
 from polygraphy.exception import PolygraphyException
 from tritonclient.grpc import model_config_pb2 as mc
 
-from bll_python.layout import BLS_MODEL, assets_dir, model_dir, onnx_path, plan_path, version_dir
+from bll_python.layout import BLS_MODEL, assets_dir, model_dir, onnx_path, plan_path, read_server_args, version_dir
+from bll_python.precision import Tolerance
 from bll_python.specs import image_reward_spec, unet_spec, vae_decoder_spec
-from export.triton_repository import ORT_TEMPLATE, component_config
-from export.trt_build import FP32_RULES, KeepFp32, profile_shapes, repository_builds, tensorrt_unavailable_reason, trt_profile
-from export.trt_repository import (
-    MIN_CUDA_POOL_BYTES,
-    TRT_TEMPLATE,
-    Placement,
-    cuda_pool_bytes,
-    gpu_bls_config,
-    read_server_args,
-    teacher_share,
-    tensorrt_component_config,
-    write_tensorrt_repository,
-)
-from export.trt_validate import Tolerance, compare_runners, lint_onnx, validation_feeds, write_report
+from export.tensorrt.availability import tensorrt_unavailable_reason
+from export.tensorrt.lint import lint_onnx
+from export.tensorrt.plan import profile_shapes, repository_builds, trt_profile
+from export.tensorrt.precision import FP32_RULES, KeepFp32
+from export.tensorrt.validate import compare_runners, validation_feeds, write_report
+from export.triton.configs import component_config, gpu_bls_config, tensorrt_component_config
+from export.triton.model_files import ORT_TEMPLATE, TRT_TEMPLATE
+from export.triton.placement import Placement, teacher_share
+from export.triton.tensorrt import MIN_CUDA_POOL_BYTES, cuda_pool_bytes, write_tensorrt_repository
 
 
 def _gpu_skip_reason() -> str | None:
@@ -63,8 +59,9 @@ def builds(tiny_repository, specs, tmp_path_factory):
     return repository_builds(tiny_repository, specs, target)
 
 
-def _parse(text: str) -> mc.ModelConfig:
-    return text_format.Parse(text, mc.ModelConfig())
+def _parse(config: str | mc.ModelConfig) -> mc.ModelConfig:
+    # The writers build ModelConfig protobufs; the files they write are parsed back the same way.
+    return config if isinstance(config, mc.ModelConfig) else text_format.Parse(config, mc.ModelConfig())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -405,7 +402,7 @@ def test_onnx_graphs_pass_polygraphy_lint(tiny_repository, specs):
 @requires_gpu
 @pytest.mark.parametrize("component", ["text_encoder", "unet_student", "vae_decoder", "image_reward"])
 def test_fp16_engine_matches_onnxruntime(component, builds, specs, tiny_repository):
-    from export.trt_validate import validate_engine
+    from export.tensorrt.validate import validate_engine
 
     result = builds[component]()
     assert result.plan.stat().st_size > 0 and result.fp32_layers, "the FP32 rules matched layers of the real network"

@@ -20,7 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from export.serve import ServerStartError, TritonServer, free_ports  # noqa: F401  (tests import it from here)
+from clients.ports import free_ports  # noqa: F401  (tests import it from here)
+from export.launcher.process import ServerStartError, TritonServer
 
 _PORT_KEYS = ("http_port", "grpc_port", "metrics_port")
 

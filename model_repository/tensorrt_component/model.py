@@ -1,8 +1,8 @@
 """Triton Python model that runs one component's TensorRT plan with the tensorrt Python API.
 
 Template for servers without Triton's TensorRT backend (the pip-installed tritonserver):
-``export.trt_repository`` copies it next to each component's ``model.plan`` when writing a repository
-with ``backend="python-trt"``. Inputs and outputs are bound by the names in ``config.pbtxt``; all
+``export.triton.tensorrt`` copies it (and the ``bll_python`` it imports) next to each component's
+``model.plan`` when writing a repository with ``backend="python-trt"``. Inputs and outputs are bound by the names in ``config.pbtxt``; all
 requests of one execution run as one engine call on torch CUDA tensors, and outputs leave as GPU
 tensors through DLPack, so a BLS on the same GPU never copies through the host.
 
@@ -15,20 +15,7 @@ import os
 import torch
 import triton_python_backend_utils as pb_utils
 
-
-def _torch_dtypes(trt):
-    table = {
-        trt.float32: torch.float32,
-        trt.float16: torch.float16,
-        trt.int32: torch.int32,
-        trt.int64: torch.int64,
-        trt.int8: torch.int8,
-        trt.uint8: torch.uint8,
-        trt.bool: torch.bool,
-    }
-    if hasattr(trt, "bfloat16"):
-        table[trt.bfloat16] = torch.bfloat16
-    return table
+from bll_python.dtypes import tensorrt_to_torch
 
 
 class TritonPythonModel:
@@ -57,7 +44,7 @@ class TritonPythonModel:
         missing = [n for n in self.inputs + self.outputs if n not in engine_io]
         if missing:
             raise pb_utils.TritonModelException(f"{self.name}: config names {missing} are not tensors of {path}; it has {sorted(engine_io)}")
-        dtypes = _torch_dtypes(trt)
+        dtypes = tensorrt_to_torch(trt)
         self.dtypes = {n: dtypes[self.engine.get_tensor_dtype(n)] for n in self.inputs + self.outputs}
         self.engine_dims = {n: tuple(self.engine.get_tensor_shape(n)) for n in self.inputs}
 

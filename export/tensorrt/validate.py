@@ -1,10 +1,10 @@
-"""TensorRT engines against ONNX Runtime on the same inputs (Polygraphy's comparator), and ONNX lint.
+"""TensorRT engines against ONNX Runtime on the same inputs (Polygraphy's comparator).
 
 The reference is the FP32 ONNX graph on ONNX Runtime's CPU provider: the graph the engine was built
 from, on the runtime the CPU deployment serves with. Inputs are the spec's sample inputs at each
 distinct batch size of the profile (min, opt, max), so every profile corner runs once.
 
-Tolerances are per component and per output because the outputs live on different scales; an element
+Tolerances are per component (its record's) because the outputs live on different scales; an element
 fails only when it exceeds both ``atol`` and ``rtol`` (Polygraphy's ``elemwise`` check). NaN or inf in
 an engine output always fails: that is what an FP16 overflow looks like.
 """
@@ -12,7 +12,6 @@ an engine output always fails: that is what an FP16 overflow looks like.
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -21,26 +20,14 @@ import numpy as np
 from polygraphy.comparator import Comparator, SimpleCompareFunc
 from polygraphy.logger import G_LOGGER
 
+from bll_python.components import COMPONENTS
 from bll_python.layout import onnx_path, plan_path
+from bll_python.precision import DEFAULT_TOLERANCE, Tolerance
 from bll_python.specs import ComponentSpec
-from export.trt_build import require_tensorrt
+from export.tensorrt.availability import require_tensorrt
 
-
-@dataclass(frozen=True)
-class Tolerance:
-    atol: float
-    rtol: float
-    why: str
-
-
-TOLERANCES: dict[str, Tolerance] = {
-    "text_encoder": Tolerance(3e-2, 3e-2, "CLIP states reach |x| ~ 30 in outlier channels; rtol covers those, atol the rest"),
-    "unet_student": Tolerance(3e-2, 5e-2, "noise_pred ~ N(0, 1); FP16 UNets stay near 1e-2 with rare outliers"),
-    "unet_teacher": Tolerance(3e-2, 5e-2, "noise_pred ~ N(0, 1); FP16 UNets stay near 1e-2 with rare outliers"),
-    "vae_decoder": Tolerance(2e-2, 2e-2, "pixels in [0, 1]: 2e-2 is 5 of 255 levels"),
-    "image_reward": Tolerance(2e-2, 1e-2, "the gate compares scores with tau; student scores spread ~1"),
-}
-DEFAULT_TOLERANCE = Tolerance(3e-2, 3e-2, "no component-specific tolerance")
+# Each component's tolerance, from its record.
+TOLERANCES: dict[str, Tolerance] = {name: c.tolerance for name, c in COMPONENTS.items()}
 
 REFERENCE, CANDIDATE = "onnxruntime", "tensorrt"
 
@@ -169,40 +156,3 @@ def write_report(reports: Sequence[ValidationReport], path: Path) -> Path:
     body = {"passed": all(r.passed for r in reports), "components": {r.component: r.to_json() for r in reports}}
     path.write_text(json.dumps(body, indent=2))
     return path
-
-
-# ---------------------------------------------------------------------------------------------
-# ONNX lint (Polygraphy's `check lint`, in-process: five CLI start-ups cost more than the checks)
-
-
-@dataclass
-class LintResult:
-    path: Path
-    errors: list[str]
-    warnings: list[str]
-
-    @property
-    def passed(self) -> bool:
-        return not self.errors
-
-
-def lint_onnx(path: Path, input_shapes: Mapping[str, Sequence[int]] | None = None) -> LintResult:
-    """``polygraphy check lint``: ONNX checker, graphsurgeon and per-node ONNX Runtime checks."""
-    from polygraphy.tools.check.subtool.lint import Lint
-
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "lint.json"
-        argv = [str(path), "-o", str(out)]
-        if input_shapes:
-            argv += ["--input-shapes", *(f"{n}:[{','.join(map(str, s))}]" for n, s in input_shapes.items())]
-        tool = Lint()
-        args = tool.setup_parser().parse_args(argv)
-        tool.parse(args)
-        with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
-            tool.run(args)
-        report = json.loads(out.read_text()) if out.is_file() else {"summary": {"failing": ["<no report written>"]}, "lint_entries": []}
-    entries = report.get("lint_entries", [])
-    errors = [e.get("message", "") for e in entries if e.get("level") == "exception"]
-    errors += [f"failing node: {n}" for n in report.get("summary", {}).get("failing", [])]
-    warnings = [e.get("message", "") for e in entries if e.get("level") == "warning"]
-    return LintResult(Path(path), errors, warnings)
