@@ -22,6 +22,17 @@ from bll_python.layout import assets_dir  # noqa: E402
 from bll_python.pipeline import AdaptivePipeline  # noqa: E402
 
 
+_TINY_ROOTS = {"tiny_checkpoints", "tiny_sources", "tiny_repository", "tiny_models"}
+
+
+def pytest_collection_modifyitems(config, items):
+    # "tiny" marks every test that needs the tiny export, so `-m "not tiny"` keeps the tests that
+    # run in seconds (make mutate selects them).
+    for item in items:
+        if _TINY_ROOTS & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.tiny)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
     from export.presets import write_preset
