@@ -60,6 +60,25 @@ def test_a_request_parses_into_one_row_per_prompt_with_defaults_filled_in():
 
 
 @pytest.mark.parametrize(
+    "defaults, given, tau, k",
+    [
+        (GenerationSettings(k=50.0), {"tau": -0.5}, -0.5, None),
+        (GenerationSettings(tau=-0.5), {"k": 30.0}, None, 30.0),
+        (GenerationSettings(k=50.0), {}, None, 50.0),
+    ],
+)
+def test_a_request_that_picks_tau_or_k_replaces_the_default_gate(defaults, given, tau, k):
+    s = GenerationSettings.from_mapping(given, defaults)
+    assert (s.tau, s.k) == (tau, k)
+
+
+def test_an_unknown_setting_is_named():
+    with pytest.raises(SettingsError) as err:
+        GenerationSettings.from_mapping({"sigma": 0.5, "steps": 4}, GenerationSettings())
+    assert err.value.field == "steps" and "unknown setting" in str(err.value) and "'sigma'" in str(err.value)
+
+
+@pytest.mark.parametrize(
     "tensors, field, fragment",
     [
         ({"prompt": _col([b""])}, "prompt", "empty"),
@@ -69,7 +88,9 @@ def test_a_request_parses_into_one_row_per_prompt_with_defaults_filled_in():
         ({"prompt": _col([b"x"]), "guidance_scale": _col([np.inf], np.float32)}, "guidance_scale", "[0, 30]"),
         ({"prompt": _col([b"x"]), "guidance_scale": _col([-1.0], np.float32)}, "guidance_scale", "[0, 30]"),
         ({"prompt": _col([b"x"]), "tau": _col([np.nan], np.float32)}, "tau", "NaN"),
-        ({"prompt": _col([b"x"]), "tau": _col([0.1], np.float32), "k": _col([50.0], np.float32)}, "tau", "not both"),
+        # FP32 0.1 arrives as 0.10000000149011612; the message shows what the client typed.
+        ({"prompt": _col([b"x"]), "tau": _col([0.1], np.float32), "k": _col([50.0], np.float32)}, "tau", "got tau=0.1 and k=50; give tau or k, not both"),
+        ({"prompt": _col([b"x", b"y"]), "sigma": _col([0.5, 2.0], np.float32)}, "sigma", "sigma: got 2; allowed range (0, 1] (row 1)"),
         ({"prompt": _col([b"x"]), "k": _col([101.0], np.float32)}, "k", "[0, 100]"),
         ({"prompt": _col([b"x"]), "sigma": _col([0.0], np.float32)}, "sigma", "(0, 1]"),
         ({"prompt": _col([b"x"]), "strategy": _col([b"fastest"])}, "strategy", "refine"),
