@@ -10,7 +10,7 @@ import pytest
 
 from bll_python.contract import REQUEST_FIELDS, RESPONSE_FIELDS
 from bll_python.serving import parse_request
-from bll_python.settings import GenerationSettings, SettingsError
+from bll_python.settings import GenerationSettings, SettingsError, check_number
 from export.triton_repository import bls_config, component_config
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -103,3 +103,26 @@ def test_bad_input_names_the_field_and_the_allowed_range(tensors, field, fragmen
     with pytest.raises(SettingsError) as err:
         parse_request(tensors, GenerationSettings())
     assert err.value.field == field and fragment in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("student_steps", "3", "student_steps: expected a number, got str '3'"),
+        ("student_steps", 2.5, "student_steps: expected an integer, got 2.5"),
+        ("sigma", 1.5, "sigma: got 1.5; allowed range (0, 1]"),
+        ("guidance_scale", float("inf"), "guidance_scale: got inf; allowed range [0, 30]"),
+        ("k", float("nan"), "k: got NaN; allowed range [0, 100]"),
+    ],
+)
+def test_a_number_outside_its_range_is_refused_with_field_value_and_range(field, value, message):
+    with pytest.raises(SettingsError) as err:
+        check_number(field, value)
+    assert str(err.value) == message and err.value.field == field
+
+
+def test_tau_and_k_are_stored_as_floats_and_the_strategy_error_lists_the_choices():
+    s = GenerationSettings(tau=1, k=None)
+    assert isinstance(s.tau, float) and isinstance(GenerationSettings(k=30).k, float)
+    with pytest.raises(SettingsError, match=r"^strategy: got 'fast'; allowed: refine, regenerate, student_only, teacher_only$"):
+        GenerationSettings(strategy="fast")
