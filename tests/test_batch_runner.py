@@ -71,13 +71,16 @@ def test_a_parse_error_and_a_failing_group_fail_alone(pipeline):
     teacher.fail = "down"
     try:
         bad = SettingsError("sigma", "got 2; allowed range (0, 1]")
-        requests = [bad, [Row(PROMPTS[0], "", 0, REFINE)], [Row(PROMPTS[1], "", 1, STUDENT)]]
+        # Three one-row requests reach the failing teacher: more than MAX_ROWS, so several batches.
+        refine = [[Row(p, "", i, REFINE)] for i, p in enumerate(PROMPTS[:3])]
+        requests = [bad, *refine, [Row(PROMPTS[3], "", 3, STUDENT)]]
         results = BatchRunner(pipeline, max_rows=MAX_ROWS).run(requests)
     finally:
         teacher.fail = None
     assert results[0] is bad
-    assert isinstance(results[1], Exception) and "unet_teacher: down" in str(results[1])
-    _assert_row(results[2], 0, _alone(pipeline, requests[2][0]))
+    for result in results[1:4]:
+        assert isinstance(result, Exception) and "unet_teacher: down" in str(result)
+    _assert_row(results[4], 0, _alone(pipeline, requests[4][0]))
 
 
 def test_cancellation_stops_a_batch_only_when_every_request_in_it_was_cancelled(pipeline):

@@ -179,6 +179,9 @@ def test_only_rows_scoring_below_tau_reach_the_teacher_and_the_metrics_count_the
     assert pb.metric("adaptive_gated_rows_total") == 5 and pb.metric("adaptive_accepted_rows_total") == 5 - len(rejected)
     assert pb.metric("adaptive_accept_rate") == pytest.approx(3 / 5)
     assert pb.metric("adaptive_requests_total", outcome="success") == 1
+    # Every stage that ran reports its latency, the teacher's included.
+    stages = {m.labels["stage"]: len(m.observations) for m in pb.families["adaptive_stage_seconds"].metrics}
+    assert all(stages[s] >= 1 for s in ("text", "student", "decode", "reward", "teacher")), stages
 
 
 def test_k_selects_the_kth_calibrated_percentile_as_tau(server, alone, deployment):
