@@ -11,7 +11,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from bll_python.contract import REQUEST_FIELDS, RESPONSE_FIELDS
 from bll_python.serving import parse_request
-from bll_python.settings import GenerationSettings, SettingsError
+from bll_python.settings import GenerationSettings, SettingsError, check_number
 from export.triton.configs import bls_config, component_config
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -65,6 +65,25 @@ def test_a_request_parses_into_one_row_per_prompt_with_defaults_filled_in():
 
 
 @pytest.mark.parametrize(
+    "defaults, given, tau, k",
+    [
+        (GenerationSettings(k=50.0), {"tau": -0.5}, -0.5, None),
+        (GenerationSettings(tau=-0.5), {"k": 30.0}, None, 30.0),
+        (GenerationSettings(k=50.0), {}, None, 50.0),
+    ],
+)
+def test_a_request_that_picks_tau_or_k_replaces_the_default_gate(defaults, given, tau, k):
+    s = GenerationSettings.from_mapping(given, defaults)
+    assert (s.tau, s.k) == (tau, k)
+
+
+def test_an_unknown_setting_is_named():
+    with pytest.raises(SettingsError) as err:
+        GenerationSettings.from_mapping({"sigma": 0.5, "steps": 4}, GenerationSettings())
+    assert err.value.field == "steps" and "unknown setting" in str(err.value) and "'sigma'" in str(err.value)
+
+
+@pytest.mark.parametrize(
     "tensors, field, fragment",
     [
         ({"prompt": _col([b""])}, "prompt", "empty"),
@@ -74,7 +93,9 @@ def test_a_request_parses_into_one_row_per_prompt_with_defaults_filled_in():
         ({"prompt": _col([b"x"]), "guidance_scale": _col([np.inf], np.float32)}, "guidance_scale", "[0, 30]"),
         ({"prompt": _col([b"x"]), "guidance_scale": _col([-1.0], np.float32)}, "guidance_scale", "[0, 30]"),
         ({"prompt": _col([b"x"]), "tau": _col([np.nan], np.float32)}, "tau", "NaN"),
-        ({"prompt": _col([b"x"]), "tau": _col([0.1], np.float32), "k": _col([50.0], np.float32)}, "tau", "not both"),
+        # FP32 0.1 arrives as 0.10000000149011612; the message shows what the client typed.
+        ({"prompt": _col([b"x"]), "tau": _col([0.1], np.float32), "k": _col([50.0], np.float32)}, "tau", "got tau=0.1 and k=50; give tau or k, not both"),
+        ({"prompt": _col([b"x", b"y"]), "sigma": _col([0.5, 2.0], np.float32)}, "sigma", "sigma: got 2; allowed range (0, 1] (row 1)"),
         ({"prompt": _col([b"x"]), "k": _col([101.0], np.float32)}, "k", "[0, 100]"),
         ({"prompt": _col([b"x"]), "sigma": _col([0.0], np.float32)}, "sigma", "(0, 1]"),
         ({"prompt": _col([b"x"]), "strategy": _col([b"fastest"])}, "strategy", "refine"),
@@ -87,3 +108,26 @@ def test_bad_input_names_the_field_and_the_allowed_range(tensors, field, fragmen
     with pytest.raises(SettingsError) as err:
         parse_request(tensors, GenerationSettings())
     assert err.value.field == field and fragment in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("student_steps", "3", "student_steps: expected a number, got str '3'"),
+        ("student_steps", 2.5, "student_steps: expected an integer, got 2.5"),
+        ("sigma", 1.5, "sigma: got 1.5; allowed range (0, 1]"),
+        ("guidance_scale", float("inf"), "guidance_scale: got inf; allowed range [0, 30]"),
+        ("k", float("nan"), "k: got NaN; allowed range [0, 100]"),
+    ],
+)
+def test_a_number_outside_its_range_is_refused_with_field_value_and_range(field, value, message):
+    with pytest.raises(SettingsError) as err:
+        check_number(field, value)
+    assert str(err.value) == message and err.value.field == field
+
+
+def test_tau_and_k_are_stored_as_floats_and_the_strategy_error_lists_the_choices():
+    s = GenerationSettings(tau=1, k=None)
+    assert isinstance(s.tau, float) and isinstance(GenerationSettings(k=30).k, float)
+    with pytest.raises(SettingsError, match=r"^strategy: got 'fast'; allowed: refine, regenerate, student_only, teacher_only$"):
+        GenerationSettings(strategy="fast")

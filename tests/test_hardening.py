@@ -99,20 +99,35 @@ def _stats(url: str, model: str) -> dict[str, int]:
         "executions": int(s.get("execution_count", 0)),
         "rows": int(s.get("inference_count", 0)),
         "success": int(s["inference_stats"].get("success", {}).get("count", 0)),
+        "fail": int(s["inference_stats"].get("fail", {}).get("count", 0)),
     }
 
 
-def _wait_settled(url: str, model: str, quiet_s: float = 0.6, timeout_s: float = 30.0) -> dict[str, int]:
-    """The model's statistics once they stop moving: its in-flight work has drained."""
-    last, since, deadline = _stats(url, model), time.monotonic(), time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        time.sleep(0.1)
-        now = _stats(url, model)
-        if now != last:
-            last, since = now, time.monotonic()
-        elif time.monotonic() - since >= quiet_s:
-            return now
-    raise AssertionError(f"{model} still busy after {timeout_s}s")
+def _wait_for(what: str, probe: Callable[[], Any], done: Callable[[Any], bool], timeout_s: float = 120.0) -> Any:
+    """Poll ``probe()`` until ``done(value)``: a wait on observable state, never a fixed delay."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = probe()
+        if done(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: still {value} after {timeout_s:g}s")
+        time.sleep(0.02)
+
+
+def _answered(stats: dict[str, int]) -> int:
+    return stats["success"] + stats["fail"]
+
+
+def _wait_answered(url: str, model: str, count: int) -> dict[str, int]:
+    """The model's statistics once ``count`` requests in all have been recorded (Triton records
+    a request just after answering it)."""
+    return _wait_for(f"{model} requests recorded", lambda: _stats(url, model), lambda s: _answered(s) >= count)
+
+
+def _wait_teacher_busy(url: str, before: dict[str, int]) -> None:
+    """Until unet_teacher has run a step since ``before``: the request ahead is inside its execute."""
+    _wait_for("unet_teacher executions", lambda: _stats(url, "unet_teacher")["executions"], lambda n: n > before["executions"])
 
 
 def _async(client: grpcclient.InferenceServerClient, inputs: list, **kwargs: Any) -> tuple[threading.Event, dict, Any]:
@@ -298,14 +313,16 @@ def test_an_http_json_seed_outside_int64_is_refused_before_the_model(tiny_server
 def test_a_cancelled_request_stops_consuming_teacher_steps(tiny_server, how):
     url = tiny_server.grpc_url
     steps = LIMITS["teacher_steps"].high  # 100 teacher calls if it ran to the end
+    cancelled = 'adaptive_requests_total{outcome="cancelled"}'
     client = grpcclient.InferenceServerClient(url)
     try:
-        before = _wait_settled(url, "unet_teacher")
-        cancelled_before = _scrape(tiny_server).get('adaptive_requests_total{outcome="cancelled"}', 0.0)
-        inputs = _request(["cancel me"], strategy="teacher_only", teacher_steps=int(steps))
+        before = _stats(url, "unet_teacher")
+        cancelled_before = _scrape(tiny_server).get(cancelled, 0.0)
+        # Eight rows, so that 100 steps take far longer than the 0.4 s deadline on any machine.
+        inputs = _request(["cancel me"] * 8, strategy="teacher_only", teacher_steps=int(steps))
         if how == "cancel":
             done, box, ctx = _async(client, inputs)
-            time.sleep(0.4)
+            _wait_teacher_busy(url, before)  # the request is at its teacher steps
             ctx.cancel()
             assert done.wait(30)
             assert "CANCELLED" in _status(box["error"])
@@ -313,11 +330,12 @@ def test_a_cancelled_request_stops_consuming_teacher_steps(tiny_server, how):
             with pytest.raises(InferenceServerException) as err:
                 client.infer(MODEL, inputs, client_timeout=0.4)
             assert "DEADLINE_EXCEEDED" in _status(err.value)
-        spent = _wait_settled(url, "unet_teacher")["success"] - before["success"]
         # The BLS checks request.is_cancelled() between denoising steps and gives up the batch: it
         # counts the request as cancelled (a request that ran to the end would count as a success).
+        _wait_for("the cancelled request's outcome", lambda: _scrape(tiny_server).get(cancelled, 0.0), lambda n: n >= cancelled_before + 1)
+        spent = _stats(url, "unet_teacher")["success"] - before["success"]
         assert spent < steps, f"all {steps} teacher steps ran after the client gave up"
-        assert _scrape(tiny_server)['adaptive_requests_total{outcome="cancelled"}'] == cancelled_before + 1
+        assert _scrape(tiny_server)[cancelled] == cancelled_before + 1
         _assert_good(client.infer(MODEL, _request(**FAST), outputs=_outputs()))
     finally:
         client.close()
@@ -520,25 +538,26 @@ def test_custom_metrics_count_a_known_sequence_of_requests(tiny_server):
     before = _scrape(tiny_server)
     _infer(url, _request(["a", "b", "c"], strategy="student_only", student_steps=2))
     _infer(url, _request(["d", "e"], strategy="teacher_only", teacher_steps=2))
-    _infer(url, _request(["f", "g"], tau=LIMITS["tau"].low, **FAST))  # every row clears the gate
-    _infer(url, _request(["h", "i"], tau=LIMITS["tau"].high, **FAST))  # every row is refined
+    # Three rows clear the gate and one is refined: a gate that sent the wrong side counts 1 and 3.
+    _infer(url, _request(["f", "g", "h"], tau=LIMITS["tau"].low, **FAST))  # every row clears the gate
+    _infer(url, _request(["i"], tau=LIMITS["tau"].high, **FAST))  # every row is refined
     _refused(url, _request(sigma=2.0))
     after = _scrape(tiny_server)
 
     def delta(name: str) -> float:
         return after.get(name, 0.0) - before.get(name, 0.0)
 
-    assert delta('adaptive_rows_total{route="student"}') == 3 + 2
+    assert delta('adaptive_rows_total{route="student"}') == 3 + 3
     assert delta('adaptive_rows_total{route="teacher"}') == 2
-    assert delta('adaptive_rows_total{route="refined"}') == 2
+    assert delta('adaptive_rows_total{route="refined"}') == 1
     assert delta('adaptive_rows_total{route="regenerated"}') == 0
-    assert delta("adaptive_teacher_rows_total") == 2 + 2
-    assert delta("adaptive_gated_rows_total") == 4 and delta("adaptive_accepted_rows_total") == 2
+    assert delta("adaptive_teacher_rows_total") == 2 + 1
+    assert delta("adaptive_gated_rows_total") == 4 and delta("adaptive_accepted_rows_total") == 3
     assert after["adaptive_accept_rate"] == pytest.approx(after["adaptive_accepted_rows_total"] / after["adaptive_gated_rows_total"])
     assert delta('adaptive_requests_total{outcome="success"}') == 4
     assert delta('adaptive_requests_total{outcome="invalid_arg"}') == 1
-    # student_only 3 x 2, teacher_only 2 x 2, accepted 2 x 2, refined 2 x (2 student + 2 teacher)
-    assert delta("adaptive_unet_steps_total") == 6 + 4 + 4 + 8
+    # student_only 3 x 2, teacher_only 2 x 2, accepted 3 x 2, refined 1 x (2 student + 2 teacher)
+    assert delta("adaptive_unet_steps_total") == 6 + 4 + 6 + 4
     # Per-stage latency histograms: one observation per pipeline batch that ran the stage.
     for stage, batches in {"text": 4, "student": 3, "reward": 4, "teacher": 2, "decode": 5}.items():
         assert delta(f'adaptive_stage_seconds_count{{stage="{stage}"}}') == batches, stage
@@ -575,6 +594,7 @@ class TritonPythonModel(_ort.TritonPythonModel):
         if mode == "raise":
             raise RuntimeError("injected fault")
         if mode.startswith("sleep:"):
+            open(self.flag + ".busy", "w").close()  # tells the test this call is under way
             time.sleep(float(mode.split(":", 1)[1]))
         return super().execute(requests)
 '''
@@ -649,7 +669,7 @@ def test_a_failing_component_fails_only_the_requests_that_reach_it_then_serving_
 
 
 @pytest.mark.server
-def test_a_component_call_that_waits_past_component_timeout_ms_is_unavailable_naming_it(fault_server, fault, deployment):
+def test_a_component_call_that_waits_past_component_timeout_ms_is_unavailable_naming_it(fault_server, fault, fault_flag, deployment):
     url = fault_server.grpc_url
     fault("sleep:3")
     spec = deployment.specs()["unet_teacher"]
@@ -658,13 +678,15 @@ def test_a_component_call_that_waits_past_component_timeout_ms_is_unavailable_na
         shape = [1, *(d for d in t.dims if d != BATCH)] if len(t.dims) > 1 else [1, 1]  # per-row scalars travel as [B, 1]
         direct.append(_tensor(t.name, np.zeros(shape, dtype=np.float32), "FP32"))
     client = grpcclient.InferenceServerClient(url)
+    busy = Path(str(fault_flag) + ".busy")
+    busy.unlink(missing_ok=True)
     occupied = threading.Thread(target=lambda: client.infer("unet_teacher", direct))
     occupied.start()  # the teacher sleeps 3 s on this call; the BLS's call waits in its queue
     try:
-        time.sleep(0.3)
-        start = time.monotonic()
+        _wait_for("the teacher to take the occupying call", busy.exists, bool)
         err = _refused(url, _request(**TEACHER))
-        assert time.monotonic() - start < 2.5, "the call waited for the teacher instead of timing out"
+        # Answered while the teacher still holds the occupying call: the BLS call gave up in the queue.
+        assert occupied.is_alive(), "the call waited for the teacher instead of timing out"
         assert "UNAVAILABLE" in _status(err)
         assert err.message().startswith("component unet_teacher:") and "timeout" in err.message().lower()
     finally:

@@ -85,12 +85,9 @@ def test_tiny_checkpoint_has_exactly_the_original_architectures_keys_and_shapes(
     assert set(IGNORED_ORIGINAL_KEYS) <= set(tiny_state)
 
 
-def test_tiny_checkpoint_is_written_quickly(tmp_path: Path) -> None:
-    import time
-
-    start = time.perf_counter()
+def test_tiny_checkpoint_is_written_with_its_config(tmp_path: Path) -> None:
+    # How fast is for benchmarks to say, not for a test to assert.
     path = write_tiny_image_reward(tmp_path, seed=3)
-    assert time.perf_counter() - start < 2.0
     assert path == tmp_path / CHECKPOINT_NAME and (tmp_path / CONFIG_NAME).is_file()
     assert ImageRewardConfig.from_json(tmp_path / CONFIG_NAME) == TINY_CONFIG
 
