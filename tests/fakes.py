@@ -140,7 +140,7 @@ def fake_engines(deployment: Deployment) -> Engines:
 
 
 def write_fake_repository(root: Path, deployment: Deployment) -> Path:
-    from export.tokenizers import write_bert_vocab, write_clip_tokenizer
+    from export.checkpoints.tokenizers import write_bert_vocab, write_clip_tokenizer
 
     repository = root / "repository"
     assets = assets_dir(repository)
