@@ -204,15 +204,20 @@ class _InferenceResponse:
 
 
 class _Metric:
+    """pb_utils.Metric: ``increment``/``set``/``observe`` and ``value()``, as the Python backend has them."""
+
     def __init__(self, labels: dict[str, str], buckets: list[float] | None = None) -> None:
-        self.labels, self.buckets, self.value, self.observations = labels, buckets, 0.0, []
+        self.labels, self.buckets, self._value, self.observations = labels, buckets, 0.0, []
 
     def increment(self, by: float) -> None:
         assert by >= 0, "counters only go up"
-        self.value += by
+        self._value += by
 
     def set(self, value: float) -> None:
-        self.value = value
+        self._value = value
+
+    def value(self) -> float:
+        return self._value
 
     def observe(self, value: float) -> None:
         self.observations.append(value)
@@ -306,7 +311,7 @@ class FakePbUtils:
     def metric(self, family: str, **labels: str) -> float:
         for m in self.families[family].metrics:
             if m.labels == labels:
-                return m.value
+                return m.value()
         raise KeyError((family, labels))
 
 

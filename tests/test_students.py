@@ -361,11 +361,11 @@ def test_a_checkpoint_of_the_wrong_kind_is_refused_with_the_right_kind(base, tmp
 
 
 def test_bad_paths_and_inapplicable_sampler_options_fail_before_any_weight_is_loaded(base, tmp_path, monkeypatch):
-    import export.sources
+    import export.checkpoints.sources
 
     loaded = []
     # The first weights load_sources would read are the teacher's: a check that comes after fails here.
-    monkeypatch.setattr(export.sources, "load_teacher", lambda path: loaded.append(path))
+    monkeypatch.setattr(export.checkpoints.sources, "load_teacher", lambda path: loaded.append(path))
     lora = base["root"] / "student-flash" / LORA_FILE
     if not lora.exists():
         write_student("flash", lora.parent)

@@ -70,14 +70,15 @@ def assert_serves_tree_under_test(repository: Path, model: str = BLS_MODEL, env:
 
 
 @contextmanager
-def running_server(repository: Path, **kw: Any) -> Iterator[TritonServer]:
+def running_server(repository: Path, *, check_tree: bool = True, **kw: Any) -> Iterator[TritonServer]:
     """Start ``TritonServer(repository, **kw)`` on free ports, yield it once ready, stop it after.
 
     Ports given in ``kw`` are kept; the others are picked free. A start that fails because a picked
     port was grabbed in between is retried once on new ports. A repository with the BLS model is
-    first checked to serve the code of this checkout (``assert_serves_tree_under_test``).
+    first checked to serve the code of this checkout (``assert_serves_tree_under_test``), unless
+    ``check_tree`` is off for a test that serves an altered copy on purpose.
     """
-    if (Path(repository) / BLS_MODEL).is_dir():
+    if check_tree and (Path(repository) / BLS_MODEL).is_dir():
         assert_serves_tree_under_test(repository)
     attempts = 2
     for attempt in range(attempts):
