@@ -130,6 +130,19 @@ def _wait_teacher_busy(url: str, before: dict[str, int]) -> None:
     _wait_for("unet_teacher executions", lambda: _stats(url, "unet_teacher")["executions"], lambda n: n > before["executions"])
 
 
+def _wait_bls_settled(server) -> dict[str, int]:
+    """The BLS statistics once Triton has recorded every request the BLS answered.
+
+    The BLS counts a request in ``adaptive_requests_total`` before it answers; Triton records it in
+    its statistics just after. Until the two agree, a request of an earlier test is still landing.
+    """
+
+    def answered_by_bls() -> float:
+        return sum(v for k, v in _scrape(server).items() if k.startswith("adaptive_requests_total{"))
+
+    return _wait_for("BLS statistics settled", lambda: _stats(server.grpc_url, MODEL), lambda s: _answered(s) >= answered_by_bls())
+
+
 def _async(client: grpcclient.InferenceServerClient, inputs: list, **kwargs: Any) -> tuple[threading.Event, dict, Any]:
     done, box = threading.Event(), {}
 
@@ -295,7 +308,7 @@ def test_an_http_json_seed_outside_int64_is_refused_before_the_model(tiny_server
             {"name": "seed", "datatype": "INT64", "shape": [1, 1], "data": [2**64 - 1]},
         ]
     }
-    before = _stats(tiny_server.grpc_url, MODEL)
+    before = _wait_bls_settled(tiny_server)
     request = urllib.request.Request(f"http://{tiny_server.http_url}/v2/models/{MODEL}/infer", data=json.dumps(body).encode(), method="POST")
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(request, timeout=30)
