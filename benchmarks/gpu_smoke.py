@@ -1,9 +1,12 @@
-"""End-to-end GPU smoke test: tiny preset -> FP16 engines -> validation -> served images -> perf_analyzer.
+"""End-to-end GPU smoke test: tiny preset -> FP16 graphs -> FP16 engines -> validation -> served images -> perf_analyzer.
 
 ``bash benchmarks/gpu_smoke.sh`` (or ``python -m benchmarks.gpu_smoke``) on a machine with an NVIDIA GPU,
 tensorrt (``pip install -e .[gpu] --extra-index-url https://pypi.nvidia.com``) and a CUDA build of torch.
 Each stage prints PASS, FAIL or SKIP; the report lands in ``benchmarks/results/gpu_smoke/<time>/``.
-On a machine without a GPU the CPU stages run and the first GPU stage stops the run with SKIP.
+On a machine without a GPU the CPU stages run (environment, installed packages, export, lint, the
+FP16 graphs against FP32 on ONNX Runtime) and the first GPU stage stops the run with SKIP. The GPU
+stages: engine build (strongly typed, each engine's layer precisions read back and checked),
+engines against ONNX Runtime, serving, served images against in-process ONNX Runtime, perf_analyzer.
 
 Exit status: 0 all passed, 1 a stage failed, 2 stopped before the GPU stages (nothing to test on).
 """
@@ -107,6 +110,47 @@ def environment() -> dict[str, Any]:
     return info
 
 
+def installed_packages() -> dict[str, Any]:
+    """One ONNX Runtime flavour (two overwrite each other's files) and, where installed, the pinned TensorRT."""
+    from export.tensorrt.availability import installed_onnxruntime_flavours, tensorrt_version_problem
+    from export.tensorrt.releases import TENSORRT_PIN
+
+    flavours = installed_onnxruntime_flavours()
+    assert len(flavours) == 1, f"{flavours} are installed and all write the onnxruntime package: keep one (pip uninstall the others, then reinstall it)"
+    found: dict[str, Any] = {"onnxruntime": flavours[0], "tensorrt_pin": TENSORRT_PIN}
+    try:
+        import tensorrt
+
+        found["tensorrt"] = tensorrt.__version__
+    except Exception:  # not installed (a CPU machine) or without its libraries: the GPU stage says so
+        return found
+    problem = tensorrt_version_problem(tensorrt.__version__)
+    assert problem is None, problem
+    return found
+
+
+def fp16_graphs(source: Path, target: Path, out: Path) -> dict[str, Any]:
+    """Every component's FP16 graph (FP32 islands from its rules) against its FP32 graph on ORT's CPU provider."""
+    from bll_python.deployment import Deployment
+    from bll_python.layout import assets_dir, onnx_path
+    from export.tensorrt.fp16_on_ort import compare_fp16_graph
+    from export.tensorrt.plan import repository_builds
+    from export.tensorrt.validate import write_report
+
+    specs = Deployment.load(assets_dir(source)).specs()
+    reports, plans = [], {}
+    for name, build in repository_builds(source, specs, target).items():
+        plan = build.write_fp16_graph()
+        report = compare_fp16_graph(specs[name], onnx_path(source, name), build.fp16_onnx, planned_fp32=plan.selection.nodes)
+        print(f"    {report}; ORT ran in FP32: {report.notes['ort_fp32_ops']}")
+        reports.append(report)
+        plans[name] = {"fp32_nodes": len(plan.selection.nodes), "joined_round_trips": plan.joined_round_trips, "unmatched_rules": plan.selection.unmatched}
+    write_report(reports, out / "fp16_vs_fp32_onnxruntime.json")
+    failed = [r.component for r in reports if not r.passed]
+    assert not failed, f"FP16 graphs outside tolerance or not finite on ONNX Runtime: {failed} (see fp16_vs_fp32_onnxruntime.json)"
+    return plans
+
+
 def require_gpu() -> str:
     from export.tensorrt.availability import tensorrt_unavailable_reason
 
@@ -137,6 +181,8 @@ def build(source: Path, target: Path, backend: str, opt_level: int) -> dict[str,
     from export.tensorrt.repository import build_tensorrt_repository
 
     written, results = build_tensorrt_repository(source, target, backend=backend, options=BuildOptions(builder_optimization_level=opt_level))
+    for r in results:  # a pinned layer outside FP32 already failed the build (EnginePrecisionError)
+        print(f"    {r.precision.summary()}")
     return {"repository": written.to_json(), "engines": [r.to_json() for r in results]}
 
 
@@ -246,7 +292,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     target = Path(root) / "tiny" / f"repository-{args.backend}"
     extra["environment"] = smoke.run("environment", environment)
     source = smoke.run("export tiny preset", lambda: ensure_repository("tiny", root, progress=False))
+    smoke.run("installed packages", installed_packages)
     smoke.run("lint onnx", lambda: lint(source))
+    extra["fp16_graphs"] = smoke.run("fp16 graphs vs fp32 on onnxruntime", lambda: fp16_graphs(source, target, out))
     extra["gpu"] = smoke.run("gpu available", require_gpu)
     smoke.run("build engines", lambda: build(source, target, args.backend, args.opt_level))
     smoke.run("validate engines vs onnxruntime", lambda: validate(source, target, out))

@@ -46,6 +46,10 @@ class Component:
     tolerance: Tolerance
     # Model instances per GPU unless a placement says otherwise.
     instances: int = 1
+    # Calls whose outputs the pipeline keeps for the rest of a request (the text embeddings through
+    # every denoising step; the student's and the teacher's decoded images until the response). On a
+    # GPU they are held in Triton's CUDA pool, so they size it (export.triton.tensorrt).
+    held_outputs: int = 0
 
     def deployment_spec(self, deployment: "Deployment") -> ComponentSpec:
         return self.spec(deployment, deployment.max_rows * self.cfg_rows)
@@ -66,6 +70,7 @@ TEXT_ENCODER = Component(
     stage="text",
     fp32_rules=(NORMALIZATION, SOFTMAX),
     tolerance=Tolerance(3e-2, 3e-2, "CLIP states reach |x| ~ 30 in outlier channels; rtol covers those, atol the rest"),
+    held_outputs=1,
 )
 UNET_STUDENT = Component(
     "unet_student",
@@ -96,6 +101,7 @@ VAE_DECODER = Component(
     stage="decode",
     fp32_rules=(NORMALIZATION, SOFTMAX),
     tolerance=Tolerance(2e-2, 2e-2, "pixels in [0, 1]: 2e-2 is 5 of 255 levels"),
+    held_outputs=2,
 )
 IMAGE_REWARD = Component(
     "image_reward",
@@ -107,6 +113,7 @@ IMAGE_REWARD = Component(
     stage="reward",
     fp32_rules=(NORMALIZATION, SOFTMAX, REWARD_HEAD, REWARD_ROOT_OPS),
     tolerance=Tolerance(2e-2, 1e-2, "the gate compares scores with tau; student scores spread ~1"),
+    held_outputs=1,
 )
 
 # Every table keyed by component (engines, configs, reports) follows this order.

@@ -16,6 +16,7 @@ from bll_python.contract import REQUEST_FIELDS, RESPONSE_FIELDS
 from bll_python.dtypes import DTYPES, dtype, tensorrt_to_torch, torch_dtype
 from bll_python.engines import Engines
 from bll_python.metrics import STAGES
+from bll_python.precision import NORMALIZATION
 from export.models.wrappers import wrapper_factory
 from export.tensorrt.precision import FP32_RULES, fp32_rules
 from export.tensorrt.validate import TOLERANCES
@@ -54,7 +55,7 @@ def test_tensorrt_rules_tolerances_placement_and_stages_come_from_the_records():
         assert FP32_RULES[name] == fp32_rules(name) == record.fp32_rules
         assert TOLERANCES[name] == record.tolerance
         assert Placement().count(name) == record.instances
-    assert fp32_rules("not_a_component")[0].layer_types == ("NORMALIZATION",), "an unknown graph still gets the norm guard"
+    assert fp32_rules("not_a_component") == (NORMALIZATION,), "an unknown graph still gets the norm guard"
     assert set(STAGES) == {c.stage for c in COMPONENTS.values()} == {"text", "student", "teacher", "decode", "reward"}
     assert STATS_COMPONENTS == COMPONENT_NAMES
     with pytest.raises(KeyError, match="no component 'refiner'"):

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import ctypes
+import importlib.metadata
 import importlib.util
 
 from polygraphy.exception import PolygraphyException
 
+from export.tensorrt.releases import SERVING, TENSORRT_PIN, same_release
+
 GPU_INSTALL_HINT = "pip install -e .[gpu] --extra-index-url https://pypi.nvidia.com"
+# Distributions that each install the ``onnxruntime`` package: two of them overwrite each other's files.
+ONNXRUNTIME_FLAVOURS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino", "onnxruntime-training")
 
 
 class TensorRTUnavailable(PolygraphyException):
@@ -26,6 +31,17 @@ def cuda_device_count() -> int:
     return count.value
 
 
+def tensorrt_version_problem(version: str) -> str | None:
+    """None when engines built by TensorRT ``version`` load where this project serves them."""
+    if same_release(version):
+        return None
+    return (
+        f"tensorrt {version} is installed, but engines load only in the TensorRT that built them and the "
+        f"{SERVING.container} Triton container runs TensorRT {TENSORRT_PIN}: pip install tensorrt-cu12=={TENSORRT_PIN} "
+        f"(or {GPU_INSTALL_HINT})"
+    )
+
+
 def tensorrt_unavailable_reason() -> str | None:
     """None when engines can be built here, else what is missing and how to get it."""
     if importlib.util.find_spec("tensorrt") is None:
@@ -39,3 +55,20 @@ def require_tensorrt() -> None:
     reason = tensorrt_unavailable_reason()
     if reason:
         raise TensorRTUnavailable(f"TensorRT engine build {reason}")
+    import tensorrt
+
+    problem = tensorrt_version_problem(tensorrt.__version__)
+    if problem:
+        raise TensorRTUnavailable(problem)
+
+
+def installed_onnxruntime_flavours() -> list[str]:
+    """The installed distributions that write the ``onnxruntime`` package (more than one: a broken install)."""
+    found = []
+    for name in ONNXRUNTIME_FLAVOURS:
+        try:
+            importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        found.append(name)
+    return found

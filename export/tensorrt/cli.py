@@ -10,6 +10,7 @@ from typing import Sequence
 from bll_python.deployment import Deployment
 from bll_python.layout import assets_dir
 from export.tensorrt.availability import TensorRTUnavailable
+from export.tensorrt.engine_precision import EnginePrecisionError
 from export.tensorrt.plan import BuildOptions
 from export.tensorrt.repository import build_tensorrt_repository
 from export.triton.configs import BACKENDS
@@ -40,10 +41,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.source, args.target, backend=args.backend, placement=placement, gpus=args.gpus,
             timing_cache=args.timing_cache, options=BuildOptions(builder_optimization_level=args.opt_level),
         )  # fmt: skip
-    except TensorRTUnavailable as exc:
+    except (TensorRTUnavailable, EnginePrecisionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for r in results:
-        print(f"  {r.component:<13} {r.plan_bytes / MIB:9.1f} MiB  {r.seconds:7.1f} s  {len(r.fp32_layers)} layers pinned to FP32")
+        print(f"  {r.component:<13} {r.plan_bytes / MIB:9.1f} MiB  {r.seconds:7.1f} s  {len(r.fp32_nodes)} ONNX nodes in FP32; engine: {r.precision.summary()}")
     print(f"repository: {written.repository} ({written.backend})\nserve with: python -m export.launcher --repository {written.repository}")
     return 0

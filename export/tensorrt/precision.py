@@ -1,15 +1,14 @@
-"""The FP32 guards of an FP16 engine: a ``PostprocessNetwork`` step that pins the layers a component's
-record names (``bll_python.components``; the rules and why each exists: ``bll_python.precision``).
+"""Which ONNX nodes of a component's graph stay in FP32: its record's rules applied to the graph.
 
-Only floating-point, non-shape layers are pinned: shape arithmetic, casts and integer layers keep
-their types, since forcing them under ``precision_constraints="obey"`` fails the build.
+The selection is plain graph analysis (no tensorrt, no GPU): ``export.tensorrt.fp16_graph`` keeps the
+selected nodes in FP32 when it writes the FP16 graph, and ``export.tensorrt.engine_precision`` checks
+after the build that TensorRT ran them in FP32.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
-
-from polygraphy.logger import G_LOGGER
 
 from bll_python.components import COMPONENTS
 from bll_python.precision import DEFAULT_FP32_RULES, Fp32Rule
@@ -17,55 +16,77 @@ from bll_python.precision import DEFAULT_FP32_RULES, Fp32Rule
 # Each component's rules, from its record.
 FP32_RULES: dict[str, tuple[Fp32Rule, ...]] = {name: c.fp32_rules for name, c in COMPONENTS.items()}
 
+# Never selected: they only read a tensor's dimensions, so its precision does not matter to them.
+_DIMENSION_OPS = {"Shape", "Size"}
+FLOAT_TYPES = {1, 10}  # onnx.TensorProto.FLOAT, FLOAT16
+
 
 def fp32_rules(component: str) -> tuple[Fp32Rule, ...]:
     """The rules of ``component``; a graph no record describes gets the normalization guard."""
     return FP32_RULES.get(component, DEFAULT_FP32_RULES)
 
 
-# Never pinned: they carry no float math. Layers whose data input (input 0) or outputs are not
-# floating point, or are shape tensors, are skipped too: integer math must keep its types.
-_UNPINNABLE = {"CONSTANT", "SHAPE", "IDENTITY", "CAST", "ASSERTION", "CONDITION", "CONDITIONAL_INPUT", "CONDITIONAL_OUTPUT"}
+@dataclass
+class Fp32Selection:
+    """The nodes to keep in FP32 (name -> the rule's ``why``), and what each rule did."""
+
+    nodes: dict[str, str] = field(default_factory=dict)
+    # Per rule: how many nodes it selected, and the native ops it left to compute in FP32 themselves.
+    matched: dict[str, int] = field(default_factory=dict)
+    native: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def unmatched(self) -> list[str]:
+        """Rules that selected nothing: a renamed module or a new exporter may have dropped a guard."""
+        return [why for why, n in self.matched.items() if n == 0 and not self.native.get(why)]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"nodes": self.nodes, "matched": self.matched, "native": self.native}
 
 
-class KeepFp32:
-    """``PostprocessNetwork`` step: set ``layer.precision = float32`` on layers matching ``rules``.
+def _scope(node_name: str) -> str:
+    return node_name.rsplit("/", 1)[0]
 
-    After the build, ``marked`` lists the names of the layers it pinned.
-    """
 
-    def __init__(self, rules: tuple[Fp32Rule, ...]) -> None:
-        self.rules = tuple(rules)
-        self.marked: list[str] = []
+def float_tensors(graph: Any) -> set[str]:
+    """Names of the floating-point tensors of an ONNX graph that went through shape inference."""
+    infos = list(graph.value_info) + list(graph.input) + list(graph.output)
+    names = {v.name for v in infos if v.type.tensor_type.elem_type in FLOAT_TYPES}
+    return names | {t.name for t in graph.initializer if t.data_type in FLOAT_TYPES}
 
-    def __call__(self, network: Any) -> None:
-        from polygraphy.mod.trt_importer import lazy_import_trt
 
-        self.apply(network, lazy_import_trt())
+def select_fp32_nodes(graph: Any, rules: tuple[Fp32Rule, ...]) -> Fp32Selection:
+    """Apply ``rules`` to an ONNX ``GraphProto`` (after shape inference, so tensor types are known)."""
+    selection = Fp32Selection()
+    producers = {out: node for node in graph.node for out in node.output}
+    floats = float_tensors(graph)
+    for rule in rules:
+        native_scopes = {_scope(n.name) for n in graph.node if n.op_type in rule.native_ops}
+        selection.native[rule.why] = [n.name for n in graph.node if n.op_type in rule.native_ops and rule.matches(n.op_type, n.name)]
+        chosen = [
+            n for n in graph.node
+            if n.op_type not in _DIMENSION_OPS and rule.matches(n.op_type, n.name) and _scope(n.name) not in native_scopes
+        ]  # fmt: skip
+        if rule.feeders:
+            chosen += _feeders(chosen, producers, floats)
+        count = 0
+        for node in chosen:
+            if node.name not in selection.nodes:
+                selection.nodes[node.name] = rule.why
+                count += 1
+        selection.matched[rule.why] = count
+    return selection
 
-    def apply(self, network: Any, trt: Any) -> list[str]:
-        """Pin the matching layers of ``network``; ``trt`` is the tensorrt module (a stand-in in tests)."""
-        floats = {trt.float32, trt.float16}
-        self.marked = []
-        hit: set[Fp32Rule] = set()
-        for index in range(network.num_layers):
-            layer = network.get_layer(index)
-            if layer.type.name in _UNPINNABLE:
-                continue
-            outs = [layer.get_output(i) for i in range(layer.num_outputs)]
-            data = layer.get_input(0) if layer.num_inputs else None
-            if data is None or data.dtype not in floats or not outs or any(t.dtype not in floats or t.is_shape_tensor for t in outs):
-                continue
-            rule = next((r for r in self.rules if r.matches(layer.type.name, layer.name)), None)
-            if rule is None:
-                continue
-            layer.precision = trt.float32
-            if rule.outputs:
-                for i in range(layer.num_outputs):
-                    layer.set_output_type(i, trt.float32)
-            self.marked.append(layer.name)
-            hit.add(rule)
-        for rule in self.rules:
-            if rule not in hit:  # renamed modules or a new exporter would silently drop a guard
-                G_LOGGER.warning(f"FP32 rule matched no layer: {rule.why}")
-        return self.marked
+
+def _feeders(nodes: list[Any], producers: dict[str, Any], floats: set[str]) -> list[Any]:
+    """Every node upstream of ``nodes`` along floating-point tensors, back to the graph inputs."""
+    seen = {n.name for n in nodes}
+    stack, found = list(nodes), []
+    while stack:
+        for tensor in stack.pop().input:
+            producer = producers.get(tensor)
+            if tensor in floats and producer is not None and producer.name not in seen and producer.op_type not in _DIMENSION_OPS:
+                seen.add(producer.name)
+                found.append(producer)
+                stack.append(producer)
+    return found

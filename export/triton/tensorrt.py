@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from bll_python.components import COMPONENTS
 from bll_python.deployment import Deployment
 from bll_python.layout import BLS_MODEL, SERVER_ARGS_FILE, assets_dir, plan_path
 from bll_python.specs import ComponentSpec
@@ -38,15 +39,24 @@ MIN_CUDA_POOL_BYTES = 256 * MIB
 POOL_HEADROOM_BYTES = 64 * MIB
 
 
-def _io_bytes(spec: ComponentSpec) -> int:
+def _bytes(spec: ComponentSpec, tensors) -> int:
     sizes = spec.sizes("max")
-    return sum(int(np.prod(t.shape(sizes))) * np.dtype(t.numpy_dtype).itemsize for t in spec.inputs + spec.outputs)
+    return sum(int(np.prod(t.shape(sizes))) * np.dtype(t.numpy_dtype).itemsize for t in tensors)
+
+
+def bls_instance_pool_bytes(specs: Mapping[str, ComponentSpec]) -> int:
+    """Pool bytes one BLS instance can hold at once: the outputs its pipeline keeps for a whole
+    request (each record's ``held_outputs``: text embeddings, decoded images), plus the largest
+    component call twice (a step's outputs are alive while the next call's inputs are placed)."""
+    held = sum(COMPONENTS[name].held_outputs * _bytes(spec, spec.outputs) for name, spec in specs.items() if name in COMPONENTS)
+    largest_call = max(_bytes(spec, spec.inputs + spec.outputs) for spec in specs.values())
+    return held + 2 * largest_call
 
 
 def cuda_pool_bytes(specs: Mapping[str, ComponentSpec], bls_instances: int = 1) -> int:
-    """CUDA pool for BLS traffic: the largest component call at max batch, twice per BLS instance
-    (a step's outputs are alive while the next call's inputs are placed), plus headroom."""
-    need = max(_io_bytes(s) for s in specs.values()) * 2 * bls_instances + POOL_HEADROOM_BYTES
+    """CUDA pool for BLS traffic on one GPU: every BLS instance's worst case at once, plus headroom,
+    rounded up to 64 MiB and at least :data:`MIN_CUDA_POOL_BYTES`."""
+    need = bls_instance_pool_bytes(specs) * bls_instances + POOL_HEADROOM_BYTES
     rounded = -(-need // (64 * MIB)) * 64 * MIB
     return max(rounded, MIN_CUDA_POOL_BYTES)
 
