@@ -16,8 +16,6 @@ from pathlib import Path
 
 from tests.markdown_blocks import CONSOLE, PYTHON, SHELL, Block
 
-DOCUMENTED_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
-
 # `curl` exits 0 on an HTTP error and prints the error JSON: a broken recipe would pass. The reader
 # sees that JSON; the test turns it into a failure. bash -e: a block stops at its first failing line.
 SHELL_PRELUDE = 'set -e -o pipefail\ncurl() { command curl --fail-with-body "$@"; }\n'
