@@ -39,6 +39,11 @@ class SweepConfig:
     # Modes swept over every concurrency level; the others only at the in-process levels (None: all).
     full_sweep_modes: tuple[str, ...] | None = None
     repository: Path | None = None  # benchmark this repository as it is, instead of the preset's
+    # The machine's limit per mode (benchmarks.machine_limit): images per limit shape, 0 to skip.
+    limit_rows: int = 16
+    # Head-of-line blocking (benchmarks.head_of_line) at this concurrency; 0 to skip.
+    head_of_line_concurrency: int = 8
+    head_of_line_rows: int = 32
 
 
     def levels(self, mode: Mode) -> tuple[int, ...]:
@@ -112,6 +117,13 @@ class PresetReport:
     levels: list[LevelResult] = field(default_factory=list)
     speedups: list[dict[str, Any]] = field(default_factory=list)
     unit_costs: dict[int, dict[str, float]] = field(default_factory=dict)
+    machine_limit: dict[str, dict[str, Any]] = field(default_factory=dict)  # mode -> limit and the shapes tried
+    head_of_line: dict[str, Any] = field(default_factory=dict)
+
+    def limit_ratio(self, level: LevelResult) -> float | None:
+        """Served throughput over the machine's limit for the level's mode."""
+        limit = self.machine_limit.get(level.mode, {}).get("limit")
+        return level.served.throughput / limit if limit else None
 
     def level(self, mode: str, concurrency: int) -> LevelResult | None:
         return next((lv for lv in self.levels if lv.mode == mode and lv.concurrency == concurrency), None)
@@ -125,6 +137,11 @@ class PresetReport:
             "levels": [lv.as_dict() for lv in self.levels],
             "speedups": self.speedups,
             "unit_costs_s_per_image": {str(k): v for k, v in self.unit_costs.items()},
+            "machine_limit": self.machine_limit,
+            "served_over_machine_limit": [
+                {"mode": lv.mode, "concurrency": lv.concurrency, "ratio": self.limit_ratio(lv)} for lv in self.levels if self.limit_ratio(lv) is not None
+            ],
+            "head_of_line": self.head_of_line,
         }
 
 
@@ -263,8 +280,18 @@ def run_preset(config: SweepConfig, out_dir: Path, log: Log = print) -> PresetRe
                         f"steps {level.served_mean_steps:5.2f}, teacher {level.served_teacher_share:4.0%}"
                         + (f" | in-process {ip.throughput:6.2f} img/s, ratio {level.ratio:.3f} (CPU {level.cpu_ratio:.3f})" if ip else "")
                     )
+            if config.head_of_line_concurrency:
+                from benchmarks.head_of_line import measure as head_of_line
+
+                report.head_of_line = head_of_line(server.grpc_url, repository, config.head_of_line_concurrency, config.head_of_line_rows, log=lambda line: log(f"[{config.preset}]{line}"))
         finally:
             stats_client.close()
+    if config.limit_rows:
+        # After the server is gone: the limit must have the machine to itself.
+        from benchmarks.machine_limit import machine_limit
+
+        del pipe
+        report.machine_limit = machine_limit(repository, config.modes, config.limit_rows, log=lambda line: log(f"[{config.preset}]{line}"))
     report.unit_costs = _unit_costs(report, deployment)
     report.speedups = _speedups(report, deployment, config.modes)
     return report

@@ -52,8 +52,6 @@ class ServingMetrics:
             count = family("adaptive_stage_seconds_count", "Batches per pipeline stage", kinds.COUNTER)
             self.stage_sum = {s: total.Metric(labels={"stage": s}) for s in STAGES}
             self.stage_count = {s: count.Metric(labels={"stage": s}) for s in STAGES}
-        self._gated = 0
-        self._accepted = 0
 
     def observe_stage(self, stage: str, seconds: float, rows: int) -> None:
         if self.histogram:
@@ -72,9 +70,10 @@ class ServingMetrics:
             accepted = sum(1 for r in result.routes if r is Route.STUDENT)
             self.gated_rows.increment(gated)
             self.accepted_rows.increment(accepted)
-            self._gated += gated
-            self._accepted += accepted
-            self.accept_rate.set(self._accepted / self._gated)
+            # Every BLS instance registers the same labelled series, and Triton keeps one series per
+            # name and labels, so these counters are server-wide; a ratio kept in this process
+            # would only describe this instance's rows.
+            self.accept_rate.set(self.accepted_rows.value() / max(self.gated_rows.value(), 1.0))
 
     def observe_response(self, error: Exception | None) -> None:
         """Count one answered request: ``error`` is None on success."""

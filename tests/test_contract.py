@@ -35,7 +35,8 @@ def test_bls_config_declares_every_contract_field_with_its_type(deployment):
         assert f.name in declared, f"{f.name} missing from the BLS config"
         assert mc.DataType.Name(declared[f.name].data_type) == f.triton_dtype
     assert config.max_batch_size == deployment.max_rows
-    assert config.HasField("dynamic_batching")
+    # One request per execution: an accepted image must not wait for its batch neighbours' teacher work.
+    assert not config.HasField("dynamic_batching")
     size = deployment.image_size
     image = declared["image"]
     assert (image.data_type, list(image.dims)) == (mc.TYPE_UINT8, [size, size, 3])

@@ -16,6 +16,7 @@ from bll_python.layout import BLS_MODEL, assets_dir, read_model_config, version_
 from clients.client import AdaptiveClient
 from export.triton.configs import bls_config, component_config
 from export.triton.model_files import CORE_NAME
+from export.triton.placement import CpuPlacement
 from tests.triton_fixtures import ServerStartError, TritonServer, free_ports, running_server
 
 CORE = Path(bll_python.__file__).resolve().parent
@@ -29,9 +30,10 @@ def _same_tree(a: Path, b: Path) -> bool:
 
 
 def test_written_configs_parse_back_to_the_typed_configs(tiny_repository, deployment):
+    placement = CpuPlacement.for_this_host()  # the writer places instances for the machine it runs on
     for name, spec in deployment.specs().items():
-        assert read_model_config(tiny_repository, name) == component_config(spec), name
-    assert read_model_config(tiny_repository, BLS_MODEL) == bls_config(deployment)
+        assert read_model_config(tiny_repository, name) == component_config(spec, instances=placement.component_instances), name
+    assert read_model_config(tiny_repository, BLS_MODEL) == bls_config(deployment, instances=placement.bls_instances)
 
 
 def test_every_python_model_carries_the_core_it_imports(tiny_repository, deployment):

@@ -257,7 +257,8 @@ def test_gpu_bls_config_keeps_tensors_on_the_gpu(deployment):
     assert params["FORCE_CPU_ONLY_INPUT_TENSORS"] == "no" and params["device"] == "cuda"
     (group,) = config.instance_group
     assert (group.kind, group.count, list(group.gpus)) == (mc.ModelInstanceGroup.KIND_GPU, 2, [1])
-    assert config.HasField("dynamic_batching")
+    # One request per execution, as on the CPU: components merge the concurrent instances' calls.
+    assert not config.HasField("dynamic_batching")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,11 +328,18 @@ def test_teacher_share_follows_the_accept_rate():
     assert teacher_share(1.0, 4, 10) == 0.0
     assert teacher_share(0.6, 4, 10) == pytest.approx(0.5)
     assert teacher_share(0.6, 4, 10, cost_ratio=2.0) == pytest.approx(8 / 12)
-    assert Placement.from_accept_rate(0.6, student_steps=4, teacher_steps=10, unet_instances=4) == Placement(unet_student=2, unet_teacher=2)
+    assert Placement.from_accept_rate(0.6, student_steps=4, teacher_steps=10, unet_instances=4) == Placement(unet_student=2, unet_teacher=2, bls=8)
     assert Placement.from_accept_rate(1.0, student_steps=4, teacher_steps=10, unet_instances=4).unet_teacher == 1, "the teacher keeps one instance"
     assert Placement.from_accept_rate(0.0, student_steps=1, teacher_steps=50, unet_instances=4).unet_student == 1, "so does the student"
     with pytest.raises(ValueError):
         teacher_share(1.5, 4, 10)
+
+
+def test_gpu_unets_wait_briefly_for_a_batch_of_their_profiles_opt_size(specs):
+    for name in ("unet_student", "unet_teacher"):
+        batching = _parse(tensorrt_component_config(specs[name])).dynamic_batching
+        assert list(batching.preferred_batch_size) == [specs[name].profile["B"].opt]
+        assert 0 < batching.max_queue_delay_microseconds <= 1000
 
 
 def test_cuda_pool_fits_the_largest_component_call(specs):

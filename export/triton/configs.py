@@ -22,22 +22,30 @@ from bll_python.deployment import Deployment
 from bll_python.layout import BLS_MODEL, config_path
 from bll_python.specs import BATCH, ComponentSpec, TensorSpec
 
-# Queueing lets requests that arrive together share one execution, but a lone request waits the
-# whole delay (the batcher holds it until max_batch_size or the delay), so keep it short. For the BLS,
-# 1 ms still merges a client's burst and closed-loop clients answered by one execution (they send
-# again within ~0.5 ms); 5 ms cost a tiny-preset request 6% of its latency at concurrency 1.
-BLS_QUEUE_DELAY_US = 1000
-# GPU components: merges the BLS calls of concurrent BLS instances.
+# The BLS has no dynamic batcher: every request gets an execution of its own on one of several BLS
+# instances, so an image the student answers leaves after ImageReward instead of waiting for the
+# teacher work of batch neighbours (head-of-line blocking), and rows of different requests still
+# share component calls, merged by the components' dynamic batchers (every UNet graph takes a
+# per-row timestep, so rows at different steps share a call). Measured on 2 cores (benchmarks/README):
+# one batching BLS 0.84 / 0.42 / 0.39 images/s on `small` (student / teacher / refine_k50, c=8),
+# 8 BLS instances 1.50 / 0.87 / 0.72, against a machine limit of 1.76 / 0.91 / 0.72.
+# GPU components: wait this long for the calls of concurrent BLS instances to fill a preferred batch.
 COMPONENT_QUEUE_DELAY_US = 500
-# CPU components: one BLS instance calls them one at a time, so there is never a second call to wait
-# for, and 500 us on each of the 8-19 calls of an image was pure latency. Calls already queued are
-# still merged at 0.
+# CPU components answer a call as soon as an instance is free; calls already queued are merged. A
+# delay would only hold a lone call, and on a CPU a bigger batch is no cheaper per row (`small`
+# UNet: one process at batch 8 made 0.26 teacher images/s, two at batch 1 made 0.91).
 CPU_COMPONENT_QUEUE_DELAY_US = 0
-# One ONNX Runtime thread per CPU component, spinning off. The components run one after another and
-# share the cores with the BLS, the server and each other; a pool's threads spin-wait after every
-# run and take the core the next stage needs. Tiny preset, student_only, 2 cores: 2 spinning threads
-# 440 ms an image, 2 threads without spinning 181 ms, 1 thread 140 ms (small preset: 1.33 / 0.83 /
-# 0.79 s). More threads pay off only on an otherwise idle many-core host.
+# ... and costs memory: ONNX Runtime's arena grows to the largest batch it has seen (a `small` UNet
+# instance at 16 rows holds ~6 GB). So merged CPU batches stop at this many rows (a preferred size the
+# batcher fills and does not pass); a single call that is larger (one request of 8 rows, CFG-doubled)
+# still runs whole. Merging a few calls still pays on the tiny preset, where a call's overhead
+# (~2 ms) is a large part of its compute.
+CPU_PREFERRED_BATCH_ROWS = 4
+# One ONNX Runtime thread per CPU component instance, spinning off, and as many instances of each
+# component as cores (placement.CpuPlacement): a pool's threads spin-wait after every run and take the
+# core another instance needs, while one thread per instance keeps every core busy with as many calls
+# in flight. (Tiny preset, student_only, one instance: 2 spinning threads 440 ms an image, 2 threads
+# without spinning 181 ms, 1 thread 140 ms.)
 CPU_COMPONENT_THREADS = 1
 CPU_COMPONENT_ALLOW_SPINNING = False
 
@@ -79,7 +87,7 @@ def _instance_group(count: int, kind: str, gpus: Sequence[int] | None = None) ->
     return mc.ModelInstanceGroup(count=count, kind=mc.ModelInstanceGroup.Kind.Value(kind), gpus=list(gpus or []))
 
 
-def _component(spec: ComponentSpec, *, delay_us: int, group: mc.ModelInstanceGroup) -> mc.ModelConfig:
+def _component(spec: ComponentSpec, *, delay_us: int, group: mc.ModelInstanceGroup, preferred: Sequence[int] = ()) -> mc.ModelConfig:
     """The parts every component shares: its spec's tensors, dynamic batching, the queue policy."""
     config = mc.ModelConfig(
         name=spec.name,
@@ -90,6 +98,7 @@ def _component(spec: ComponentSpec, *, delay_us: int, group: mc.ModelInstanceGro
     )
     batching = config.dynamic_batching
     batching.max_queue_delay_microseconds = delay_us
+    batching.preferred_batch_size.extend(preferred)
     # Lets each BLS call set its own timeout (COMPONENT_TIMEOUT_MS).
     policy = batching.default_queue_policy
     policy.timeout_action = mc.ModelQueuePolicy.REJECT
@@ -107,7 +116,8 @@ def component_config(
     allow_spinning: bool = CPU_COMPONENT_ALLOW_SPINNING,
 ) -> mc.ModelConfig:
     """A component served by the ONNX Runtime Python model (``threads=0``: ORT's default)."""
-    config = _component(spec, delay_us=CPU_COMPONENT_QUEUE_DELAY_US, group=_instance_group(instances, kind))
+    preferred = [min(CPU_PREFERRED_BATCH_ROWS, spec.max_batch)]
+    config = _component(spec, delay_us=CPU_COMPONENT_QUEUE_DELAY_US, group=_instance_group(instances, kind), preferred=preferred)
     config.backend = "python"
     _parameters(config, {"onnx_file": "model.onnx", "intra_op_threads": str(threads), "allow_spinning": str(int(allow_spinning))})
     return config
@@ -117,7 +127,10 @@ def tensorrt_component_config(spec: ComponentSpec, *, backend: str = "tensorrt",
     """A component whose ``1/model.plan`` is a TensorRT engine built from ``spec``."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    config = _component(spec, delay_us=COMPONENT_QUEUE_DELAY_US, group=_instance_group(instances, "KIND_GPU", gpus))
+    # The profile's opt batch is the shape TensorRT tuned its kernels for: the batcher waits up to the
+    # queue delay for calls of concurrent BLS instances to fill it.
+    opt = spec.profile[BATCH].opt
+    config = _component(spec, delay_us=COMPONENT_QUEUE_DELAY_US, group=_instance_group(instances, "KIND_GPU", gpus), preferred=[opt] if opt > 1 else [])
     if backend == "tensorrt":
         config.platform = "tensorrt_plan"
     else:
@@ -128,6 +141,8 @@ def tensorrt_component_config(spec: ComponentSpec, *, backend: str = "tensorrt",
 
 def bls_config(deployment: Deployment, *, instances: int = 1, device: str = "cpu", gpus: Sequence[int] | None = None) -> mc.ModelConfig:
     """``adaptive_diffusion``: one value per row for every contract field, the image ``[H, W, 3]``.
+
+    No dynamic batcher: each request runs in an execution of its own, ``instances`` at a time.
 
     ``device="cuda"`` runs its instances on GPUs with the pipeline on the GPU: the BLS model.py reads
     ``device``, the Python backend ``FORCE_CPU_ONLY_INPUT_TENSORS``.
@@ -144,7 +159,6 @@ def bls_config(deployment: Deployment, *, instances: int = 1, device: str = "cpu
         ],
         instance_group=[_instance_group(instances, "KIND_GPU" if device == "cuda" else "KIND_CPU", gpus)],
     )
-    config.dynamic_batching.max_queue_delay_microseconds = BLS_QUEUE_DELAY_US
     _parameters(config, {"component_timeout_ms": str(COMPONENT_TIMEOUT_MS)})
     if device == "cuda":
         _parameters(config, {"FORCE_CPU_ONLY_INPUT_TENSORS": "no", "device": "cuda"})

@@ -1,7 +1,10 @@
-"""Model instances per GPU: one Triton per GPU, student and teacher UNets split by their share of the work."""
+"""Model instances: per GPU (one Triton per GPU, student and teacher UNets split by their share of the
+work) and on a CPU-only host (one single-threaded instance of every component per core)."""
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from typing import Any
 
 from bll_python.components import COMPONENTS
@@ -26,11 +29,19 @@ def teacher_share(accept_rate: float, student_steps: int, teacher_steps: int, co
 class Placement:
     """Instances per GPU of each component (default: its record's ``instances``) and of the BLS (``bls``).
 
-    Scale out by adding GPUs (one Triton each), not by splitting one.
+    Scale out by adding GPUs (one Triton each), not by splitting one. Each BLS instance runs one
+    request at a time (no BLS batching, so an accepted image never waits for a neighbour's teacher
+    work) and spends part of it in Python between component calls, so the BLS gets
+    ``BLS_PER_UNET_INSTANCE`` instances per UNet instance unless told otherwise: enough requests in
+    flight for the components' dynamic batchers to fill their preferred batches, while every BLS
+    instance (a process with its own CUDA context, ~0.5 GB) costs GPU memory.
     """
 
+    BLS_PER_UNET_INSTANCE = 2
+
     def __init__(self, **counts: int) -> None:
-        known = {**{name: c.instances for name, c in COMPONENTS.items()}, BLS: 1}
+        known = {name: c.instances for name, c in COMPONENTS.items()}
+        known[BLS] = self.BLS_PER_UNET_INSTANCE * sum(counts.get(n, known[n]) for n in ("unet_student", "unet_teacher"))
         unknown = sorted(set(counts) - set(known))
         if unknown:
             raise TypeError(f"Placement: no component {unknown}; place {sorted(known)}")
@@ -68,3 +79,31 @@ class Placement:
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.counts)
+
+
+@dataclass(frozen=True)
+class CpuPlacement:
+    """Model instances on a CPU-only host with ``cores`` cores.
+
+    Every component gets one single-threaded instance per core, so the student UNet alone (a
+    student_only load) or the teacher alone can keep every core busy. Each BLS instance runs one
+    request at a time and spends part of it in its own Python work and waiting for components, so
+    there are ``BLS_PER_CORE`` of them per core: enough requests in flight to keep the component
+    instances fed, and a bound on the memory they hold (each imports torch, ~0.4 GB).
+    """
+
+    cores: int
+    BLS_PER_CORE = 4
+    MAX_BLS = 16
+
+    @classmethod
+    def for_this_host(cls) -> "CpuPlacement":
+        return cls(max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+    @property
+    def component_instances(self) -> int:
+        return self.cores
+
+    @property
+    def bls_instances(self) -> int:
+        return min(self.BLS_PER_CORE * self.cores, self.MAX_BLS)
