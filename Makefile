@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PRESET ?= tiny
 
-.PHONY: all venv system-deps test test-fast mutate demo serve bench export gpu-smoke clean
+.PHONY: all venv system-deps test test-fast mutate demo serve bench perf export gpu-smoke clean
 
 all: test
 
@@ -53,6 +53,10 @@ serve: venv
 
 bench: venv system-deps
 	$(BIN)/python -m benchmarks.run
+
+# perf_analyzer by hand, its libraries found: make perf ARGS="-m adaptive_diffusion -u 127.0.0.1:8001 -i grpc ..."
+perf: venv system-deps
+	$(BIN)/python -m benchmarks.perf_analyzer $(ARGS)
 
 gpu-smoke: venv
 	bash benchmarks/gpu_smoke.sh

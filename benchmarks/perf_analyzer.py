@@ -2,6 +2,10 @@
 
     subprocess.run(perf_analyzer_command() + [...args], env=perf_analyzer_env())
 
+From a shell, with nothing set up (``make perf ARGS="..."`` is the same after the install)::
+
+    python -m benchmarks.perf_analyzer -m adaptive_diffusion -u 127.0.0.1:8001 -i grpc ...
+
 It links ``libcudart.so.12`` even when no GPU is used (from the nvidia-cuda-runtime-cu12 wheel) and
 Debian's ``libb64.so.0d`` (``apt-get install -y libb64-0d``; ``make test``/``make bench`` install it
 when run as root).
@@ -15,6 +19,7 @@ import shutil
 import sys
 import sysconfig
 from pathlib import Path
+from typing import Sequence
 
 LIBB64_HINT = "apt-get install -y libb64-0d"
 
@@ -88,3 +93,27 @@ def perf_analyzer_command() -> list[str]:
         )
     return [str(binary)]
 
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Replace this process with perf_analyzer run on ``argv``, every argument passed through unchanged.
+
+    Returns (status 2) only when the binary or a library it needs is missing, after saying which and how
+    to install it; otherwise perf_analyzer's own exit status and signals are the command's.
+    """
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        command = perf_analyzer_command()
+        env = perf_analyzer_env()
+    except RuntimeError as exc:
+        print(f"python -m benchmarks.perf_analyzer: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # exec, not a child: Ctrl-C, the exit status and the output are perf_analyzer's own.
+    os.execve(command[0], [*command, *args], env)
+    raise AssertionError("unreachable")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
