@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # shapes: the trained world (committed weights); tiny / small: random weights in the real formats.
 PRESET ?= shapes
 
-.PHONY: all venv system-deps test test-fast demo serve bench bench-shapes export train-world gpu-smoke clean
+.PHONY: all venv system-deps test test-fast mutate demo serve bench bench-shapes perf export train-world gpu-smoke clean
 
 all: test
 
@@ -32,18 +32,25 @@ test: venv system-deps
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not server and not slow"
 
+# Mutation testing of bll_python/ (mutmut, config in pyproject.toml) against the fast tests; CPU-heavy,
+# so niced. Not part of `make test`. Prints the score and lists the surviving mutants. All of
+# bll_python/ is ~2250 mutants (hours on 2 cores); MUTANTS picks some, with mutmut's name patterns:
+#   make mutate MUTANTS="bll_python.settings.* bll_python.serving.xǁBatchRunnerǁrun__mutmut_*"
+MUTATE_NICE ?= 19
+MUTANTS ?=
+mutate: venv
+	$(BIN)/python -m pip install --quiet -e '.[test,mutation]'
+	nice -n $(MUTATE_NICE) $(BIN)/mutmut run $(MUTANTS)
+	$(BIN)/python -m tests.mutation_report
+
 export: venv
-ifeq ($(PRESET),shapes)
-	$(BIN)/python -m export.world export
-else
 	$(BIN)/python -m export --preset $(PRESET)
-endif
 
 demo: venv system-deps
 	$(BIN)/python -m clients.demo --preset $(PRESET)
 
 serve: venv
-	$(BIN)/python -m export.serve --preset $(PRESET)
+	$(BIN)/python -m export.launcher --preset $(PRESET)
 
 bench: venv system-deps
 	$(BIN)/python -m benchmarks.run
@@ -55,6 +62,10 @@ bench-shapes: venv
 # Retrain the shapes world from scratch (about an hour of CPU; resumes where it stopped).
 train-world: venv
 	nice -n 19 $(BIN)/python -m export.world train
+
+# perf_analyzer by hand, its libraries found: make perf ARGS="-m adaptive_diffusion -u 127.0.0.1:8001 -i grpc ..."
+perf: venv system-deps
+	$(BIN)/python -m benchmarks.perf_analyzer $(ARGS)
 
 gpu-smoke: venv
 	bash benchmarks/gpu_smoke.sh

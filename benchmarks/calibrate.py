@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from benchmarks.budget import BudgetError, average_steps, k_for_budget
-from benchmarks.workload import HELDOUT_PROMPTS, read_prompts
+from benchmarks.workload import HELDOUT_PROMPTS
+from bll_python.prompts import read_prompts
 
 if TYPE_CHECKING:
     from benchmarks.stability import StabilityRow
@@ -105,11 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def calibrate(repository: Path, deployment: "Deployment", args: argparse.Namespace, label: str) -> tuple["Calibration", list["StabilityRow"]]:
-    from bll_python.inprocess import inprocess_pipeline
     from benchmarks.report import write_csv
-    from benchmarks.scoring import percentiles, score_student_samples, student_settings
     from benchmarks.stability import stability_plot, tau_stability
-    from bll_python.deployment import Calibration
+    from bll_python.calibration import calibrate as calibrate_pipeline
+    from bll_python.inprocess import inprocess_pipeline
 
     prompts = read_prompts(args.prompts)
     if args.count:
@@ -121,9 +121,7 @@ def calibrate(repository: Path, deployment: "Deployment", args: argparse.Namespa
         if sys.stdout.isatty() or done == total:
             print(f"\r  scored {done}/{total} student samples", end="" if done < total else "\n", flush=True)
 
-    samples = score_student_samples(pipe, prompts, batch=batch, progress=progress)
-    settings = student_settings(deployment.defaults)
-    calibration = Calibration(percentiles=percentiles(samples.scores), prompts=len(prompts), settings=settings.as_dict())
+    calibration, samples = calibrate_pipeline(pipe, prompts, batch=batch, progress=progress)
     p = calibration.percentiles
     print(f"{len(prompts)} prompts in {samples.seconds:.1f} s ({samples.seconds_per_sample * 1000:.0f} ms a sample); tau at k=30/50/70: {p[30]:.4f} / {p[50]:.4f} / {p[70]:.4f}")
 
@@ -135,7 +133,7 @@ def calibrate(repository: Path, deployment: "Deployment", args: argparse.Namespa
         "repository": str(repository),
         "prompts_file": str(args.prompts),
         "prompts": len(prompts),
-        "settings": settings.as_dict(),
+        "settings": calibration.settings,
         "seconds": samples.seconds,
         "seconds_per_sample": samples.seconds_per_sample,
         "percentiles": calibration.percentiles,

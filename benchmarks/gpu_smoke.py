@@ -1,9 +1,12 @@
-"""End-to-end GPU smoke test: tiny preset -> FP16 engines -> validation -> served images -> perf_analyzer.
+"""End-to-end GPU smoke test: tiny preset -> FP16 graphs -> FP16 engines -> validation -> served images -> perf_analyzer.
 
 ``bash benchmarks/gpu_smoke.sh`` (or ``python -m benchmarks.gpu_smoke``) on a machine with an NVIDIA GPU,
 tensorrt (``pip install -e .[gpu] --extra-index-url https://pypi.nvidia.com``) and a CUDA build of torch.
 Each stage prints PASS, FAIL or SKIP; the report lands in ``benchmarks/results/gpu_smoke/<time>/``.
-On a machine without a GPU the CPU stages run and the first GPU stage stops the run with SKIP.
+On a machine without a GPU the CPU stages run (environment, installed packages, export, lint, the
+FP16 graphs against FP32 on ONNX Runtime) and the first GPU stage stops the run with SKIP. The GPU
+stages: engine build (strongly typed, each engine's layer precisions read back and checked),
+engines against ONNX Runtime, serving, served images against in-process ONNX Runtime, perf_analyzer.
 
 Exit status: 0 all passed, 1 a stage failed, 2 stopped before the GPU stages (nothing to test on).
 """
@@ -15,13 +18,10 @@ import csv
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 import traceback
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from export.serve import free_ports
+from clients.server_process import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "gpu_smoke"
@@ -96,7 +96,7 @@ def environment() -> dict[str, Any]:
     import polygraphy
     import torch
 
-    from export.trt_build import cuda_device_count, tensorrt_unavailable_reason
+    from export.tensorrt.availability import cuda_device_count, tensorrt_unavailable_reason
 
     info: dict[str, Any] = {"python": sys.version.split()[0], "torch": torch.__version__, "torch_cuda": torch.cuda.is_available(), "polygraphy": polygraphy.__version__}
     info["cuda_devices"] = cuda_device_count()
@@ -110,8 +110,49 @@ def environment() -> dict[str, Any]:
     return info
 
 
+def installed_packages() -> dict[str, Any]:
+    """One ONNX Runtime flavour (two overwrite each other's files) and, where installed, the pinned TensorRT."""
+    from export.tensorrt.availability import installed_onnxruntime_flavours, tensorrt_version_problem
+    from export.tensorrt.releases import TENSORRT_PIN
+
+    flavours = installed_onnxruntime_flavours()
+    assert len(flavours) == 1, f"{flavours} are installed and all write the onnxruntime package: keep one (pip uninstall the others, then reinstall it)"
+    found: dict[str, Any] = {"onnxruntime": flavours[0], "tensorrt_pin": TENSORRT_PIN}
+    try:
+        import tensorrt
+
+        found["tensorrt"] = tensorrt.__version__
+    except Exception:  # not installed (a CPU machine) or without its libraries: the GPU stage says so
+        return found
+    problem = tensorrt_version_problem(tensorrt.__version__)
+    assert problem is None, problem
+    return found
+
+
+def fp16_graphs(source: Path, target: Path, out: Path) -> dict[str, Any]:
+    """Every component's FP16 graph (FP32 islands from its rules) against its FP32 graph on ORT's CPU provider."""
+    from bll_python.deployment import Deployment
+    from bll_python.layout import assets_dir, onnx_path
+    from export.tensorrt.fp16_on_ort import compare_fp16_graph
+    from export.tensorrt.plan import repository_builds
+    from export.tensorrt.validate import write_report
+
+    specs = Deployment.load(assets_dir(source)).specs()
+    reports, plans = [], {}
+    for name, build in repository_builds(source, specs, target).items():
+        plan = build.write_fp16_graph()
+        report = compare_fp16_graph(specs[name], onnx_path(source, name), build.fp16_onnx, planned_fp32=plan.selection.nodes)
+        print(f"    {report}; ORT ran in FP32: {report.notes['ort_fp32_ops']}")
+        reports.append(report)
+        plans[name] = {"fp32_nodes": len(plan.selection.nodes), "joined_round_trips": plan.joined_round_trips, "unmatched_rules": plan.selection.unmatched}
+    write_report(reports, out / "fp16_vs_fp32_onnxruntime.json")
+    failed = [r.component for r in reports if not r.passed]
+    assert not failed, f"FP16 graphs outside tolerance or not finite on ONNX Runtime: {failed} (see fp16_vs_fp32_onnxruntime.json)"
+    return plans
+
+
 def require_gpu() -> str:
-    from export.trt_build import tensorrt_unavailable_reason
+    from export.tensorrt.availability import tensorrt_unavailable_reason
 
     reason = tensorrt_unavailable_reason()
     if reason:
@@ -126,7 +167,7 @@ def require_gpu() -> str:
 def lint(source: Path) -> dict[str, Any]:
     from bll_python.deployment import Deployment
     from bll_python.layout import assets_dir, onnx_path
-    from export.trt_validate import lint_onnx
+    from export.tensorrt.lint import lint_onnx
 
     specs = Deployment.load(assets_dir(source)).specs()
     results = {name: lint_onnx(onnx_path(source, name), spec.input_shapes("opt")) for name, spec in specs.items()}
@@ -136,17 +177,19 @@ def lint(source: Path) -> dict[str, Any]:
 
 
 def build(source: Path, target: Path, backend: str, opt_level: int) -> dict[str, Any]:
-    from export.trt_build import BuildOptions
-    from export.trt_repository import build_tensorrt_repository
+    from export.tensorrt.plan import BuildOptions
+    from export.tensorrt.repository import build_tensorrt_repository
 
     written, results = build_tensorrt_repository(source, target, backend=backend, options=BuildOptions(builder_optimization_level=opt_level))
+    for r in results:  # a pinned layer outside FP32 already failed the build (EnginePrecisionError)
+        print(f"    {r.precision.summary()}")
     return {"repository": written.to_json(), "engines": [r.to_json() for r in results]}
 
 
 def validate(source: Path, target: Path, out: Path) -> dict[str, Any]:
     from bll_python.deployment import Deployment
     from bll_python.layout import assets_dir
-    from export.trt_validate import validate_repository, write_report
+    from export.tensorrt.validate import validate_repository, write_report
 
     reports = validate_repository(source, target, Deployment.load(assets_dir(source)).specs())
     for r in reports:
@@ -157,49 +200,7 @@ def validate(source: Path, target: Path, out: Path) -> dict[str, Any]:
     return {r.component: r.passed for r in reports}
 
 
-class ServedRepository:
-    """``python -m export.serve --repository ...`` as a child process, with the writer's server flags."""
-
-    def __init__(self, repository: Path, log: Path, ready_timeout: float) -> None:
-        from export.trt_repository import read_server_args
-
-        self.http, self.grpc, self.metrics = free_ports(3)
-        self.command = [
-            sys.executable, "-m", "export.serve", "--repository", str(repository),
-            "--http-port", str(self.http), "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics),
-            "--ready-timeout", str(ready_timeout), "--", *read_server_args(repository),
-        ]
-        self.log = log
-        self.ready_timeout = ready_timeout
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> dict[str, Any]:
-        self.proc = subprocess.Popen(self.command, cwd=ROOT, stdout=self.log.open("w"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + self.ready_timeout + 30
-        url = f"http://127.0.0.1:{self.http}/v2/health/ready"
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with status {self.proc.returncode}; log: {self.log}")
-            try:
-                with urllib.request.urlopen(url, timeout=1) as resp:
-                    if resp.status == 200:
-                        return {"command": " ".join(self.command), "http": self.http, "grpc": self.grpc}
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.5)
-        raise AssertionError(f"server not ready after {self.ready_timeout:.0f} s; log: {self.log}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def compare_served(source: Path, server: ServedRepository, min_psnr: float, max_score_diff: float) -> dict[str, Any]:
+def compare_served(source: Path, server: ServerProcess, min_psnr: float, max_score_diff: float) -> dict[str, Any]:
     """Served images (TensorRT FP16) against the in-process ONNX Runtime pipeline, same seeds."""
     from dataclasses import replace
 
@@ -209,7 +210,7 @@ def compare_served(source: Path, server: ServedRepository, min_psnr: float, max_
     pipe = inprocess_pipeline(source)
     seeds = list(range(len(PROMPTS)))
     rows: list[dict[str, Any]] = []
-    with AdaptiveClient(f"127.0.0.1:{server.http}") as client:
+    with AdaptiveClient(server.http_url) as client:
         for strategy in STRATEGIES:
             served = client.generate(list(PROMPTS), seeds=seeds, strategy=strategy)
             local = pipe(list(PROMPTS), seeds=seeds, settings=replace(pipe.deployment.defaults, strategy=strategy))
@@ -228,14 +229,14 @@ def compare_served(source: Path, server: ServedRepository, min_psnr: float, max_
     return {"images": rows}
 
 
-def perf_sweep(server: ServedRepository, out: Path, concurrency_range: str) -> dict[str, Any]:
-    from export.serve import perf_analyzer_command, perf_analyzer_env
+def perf_sweep(server: ServerProcess, out: Path, concurrency_range: str) -> dict[str, Any]:
+    from benchmarks.perf_analyzer import perf_analyzer_command, perf_analyzer_env
 
     data = out / "perf_input.json"
     data.write_text(json.dumps({"data": [{"prompt": {"content": [p], "shape": [1]}, "seed": {"content": [i], "shape": [1]}} for i, p in enumerate(PROMPTS)]}))
     csv_path = out / "perf_analyzer.csv"
     cmd = perf_analyzer_command() + [
-        "-m", "adaptive_diffusion", "-u", f"127.0.0.1:{server.grpc}", "-i", "grpc",
+        "-m", "adaptive_diffusion", "-u", server.grpc_url, "-i", "grpc",
         "--input-data", str(data), "--concurrency-range", concurrency_range,
         "--measurement-mode", "count_windows", "--measurement-request-count", "8", "--max-trials", "5",
         "--stability-percentage", "50", "-f", str(csv_path),  # a smoke sweep, not a benchmark: loose stability
@@ -245,6 +246,15 @@ def perf_sweep(server: ServedRepository, out: Path, concurrency_range: str) -> d
     assert done.returncode == 0, f"perf_analyzer exited {done.returncode}; see perf_analyzer.log"
     rows = list(csv.DictReader(io.StringIO(csv_path.read_text())))
     return {"command": " ".join(cmd), "rows": [{k: r.get(k) for k in ("Concurrency", "Inferences/Second", "p50 latency", "p99 latency")} for r in rows]}
+
+
+def _serve(server: ServerProcess) -> dict[str, Any]:
+    server.start()
+    try:
+        server.wait_ready()
+    except RuntimeError as exc:
+        raise AssertionError(str(exc)) from None
+    return {"command": " ".join(server.command()), "http": server.http_url, "grpc": server.grpc_url}
 
 
 def _container_only() -> None:
@@ -275,21 +285,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     smoke = Smoke(out)
     extra: dict[str, Any] = {"backend": args.backend}
 
-    from export.build import DEFAULT_ROOT, ensure_repository
+    from export.build import ensure_repository
+    from export.defaults import DEFAULT_ROOT
 
     root = args.root or DEFAULT_ROOT
     target = Path(root) / "tiny" / f"repository-{args.backend}"
     extra["environment"] = smoke.run("environment", environment)
     source = smoke.run("export tiny preset", lambda: ensure_repository("tiny", root, progress=False))
+    smoke.run("installed packages", installed_packages)
     smoke.run("lint onnx", lambda: lint(source))
+    extra["fp16_graphs"] = smoke.run("fp16 graphs vs fp32 on onnxruntime", lambda: fp16_graphs(source, target, out))
     extra["gpu"] = smoke.run("gpu available", require_gpu)
     smoke.run("build engines", lambda: build(source, target, args.backend, args.opt_level))
     smoke.run("validate engines vs onnxruntime", lambda: validate(source, target, out))
     if args.backend == "tensorrt":
         smoke.run("serve", _container_only)
-    server = None if smoke.stopped else ServedRepository(target, out / "server.log", args.ready_timeout)
+    # The launcher passes on the CUDA-pool flags the TensorRT writer recorded in the repository.
+    server = None if smoke.stopped else ServerProcess(target, ready_timeout=args.ready_timeout, log=out / "server.log")
     try:
-        smoke.run("serve", server.start if server else lambda: None)
+        smoke.run("serve", (lambda: _serve(server)) if server else lambda: None)
         smoke.run("served vs onnxruntime in-process", lambda: compare_served(source, server, args.min_psnr, args.max_score_diff))
         smoke.run("perf_analyzer sweep", lambda: perf_sweep(server, out, args.concurrency_range))
     finally:

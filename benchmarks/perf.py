@@ -81,7 +81,7 @@ def run_perf_analyzer(
     protocol: str = "grpc",
     timeout_s: float = 900.0,
 ) -> PerfResult:
-    from export.serve import perf_analyzer_command, perf_analyzer_env
+    from benchmarks.perf_analyzer import perf_analyzer_command, perf_analyzer_env
 
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     # The export holds every image as JSON (about 1 MB a request on `small`): read, then dropped.

@@ -22,7 +22,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from benchmarks.modes import BY_NAME, Mode, select_modes
-from benchmarks.workload import TEST_PROMPTS, read_prompts
+from benchmarks.workload import TEST_PROMPTS
+from bll_python.prompts import read_prompts
 from bll_python.pipeline import AdaptivePipeline
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -54,7 +55,7 @@ def final_image_rewards(pipe: AdaptivePipeline, mode: Mode, prompts: Sequence[st
         result = pipe(chunk, seeds=list(range(i, i + len(chunk))), settings=settings)
         if result.teacher_rows and mode.strategy.uses_student:
             tokens = pipe.tokenizers(chunk)
-            scores = pipe.score(result.images_float, tokens.reward_ids, tokens.reward_mask).cpu().numpy()
+            scores = pipe.run(pipe.score(result.images_float, tokens.reward_ids, tokens.reward_mask)).cpu().numpy()
         else:
             scores = result.scores  # the final image is the one the gate (or teacher_only) scored
         rewards.append(np.asarray(scores, dtype=np.float64))

@@ -84,6 +84,29 @@ def stage_rows(report: PresetReport) -> list[dict[str, Any]]:
     return rows
 
 
+def limit_rows(report: PresetReport) -> list[dict[str, Any]]:
+    """Served throughput against the machine's limit and against one in-process pipeline, per level."""
+    rows = []
+    for lv in report.levels:
+        limit = report.machine_limit.get(lv.mode)
+        fill = lv.breakdown.fill
+        rows.append(
+            {
+                "preset": report.preset,
+                "mode": lv.mode,
+                "concurrency": lv.concurrency,
+                "served_img_per_s": round(lv.served.throughput, 4),
+                "machine_limit_img_per_s": round(limit["limit"], 4) if limit else "",
+                "limit_shape": f"{limit['best']['workers']} x batch {limit['best']['batch']}" if limit else "",
+                "served_over_limit": round(report.limit_ratio(lv), 4) if limit else "",
+                "served_over_single_pipeline": round(lv.ratio, 4) if lv.inprocess else "",
+                **{f"{m}_rows_per_execution": round(fill[m]["rows_per_execution"], 2) for m in ("unet_student", "unet_teacher") if m in fill},
+                **{f"{m}_calls_per_execution": round(fill[m]["calls_per_execution"], 2) for m in ("unet_student", "unet_teacher") if m in fill},
+            }
+        )
+    return rows
+
+
 def save(report: PresetReport, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "sweep.json").write_text(json.dumps(report.as_dict(), indent=2))
@@ -94,6 +117,7 @@ def save(report: PresetReport, out_dir: Path) -> list[Path]:
         write_csv(out_dir / "stages.csv", stage_rows(report)),
         write_csv(out_dir / "speedup.csv", report.speedups),
         write_csv(out_dir / "headline.csv", headline(report)),
+        write_csv(out_dir / "limit.csv", limit_rows(report)),
     ]
 
 
@@ -158,6 +182,30 @@ def summary(report: PresetReport) -> str:
                 ],
             )
         )  # fmt: skip
+    if report.machine_limit:
+        out += ["", "served / machine limit (the best of the served graphs with no server: one single-threaded pipeline per core, or one batched pipeline)"]
+        out.append("and UNet batch fill (rows per execution; calls per execution > 1: an execution held rows of several requests):")
+        out.append(
+            _table(
+                ["mode", "c", "img/s", "limit", "limit shape", "served/limit", "served/1 pipeline", "S rows/exec", "S calls/exec", "T rows/exec", "T calls/exec"],
+                [
+                    (
+                        r["mode"], r["concurrency"], r["served_img_per_s"], r["machine_limit_img_per_s"], r["limit_shape"], r["served_over_limit"],
+                        r["served_over_single_pipeline"], r.get("unet_student_rows_per_execution", ""), r.get("unet_student_calls_per_execution", ""),
+                        r.get("unet_teacher_rows_per_execution", ""), r.get("unet_teacher_calls_per_execution", ""),
+                    )
+                    for r in limit_rows(report)
+                ],
+            )
+        )  # fmt: skip
+    if report.head_of_line:
+        h = report.head_of_line
+        out += [
+            "",
+            f"head-of-line (c={h['concurrency']}, {h['rows']} requests, refine with tau at the median: {h['accepted']} accepted, {h['refined']} refined): "
+            f"accepted requests p50 {h['mixed_accepted_p50_ms']:.0f} ms (p99 {h['mixed_accepted_p99_ms']:.0f}) vs the same requests student-only "
+            f"p50 {h['student_only_same_requests_p50_ms']:.0f} ms (p99 {h['student_only_same_requests_p99_ms']:.0f}): ratio {h['p50_ratio']:.2f}",
+        ]
     out += ["", "where a served image's time goes (ms per image, Triton statistics; in-process = same engines, no server):"]
     rows = []
     for lv in report.levels:

@@ -27,7 +27,7 @@ PRESET_SIZES = {
     "tiny": dict(entries=16, per_client=4, full_sweep_modes=None),
     "small": dict(entries=8, per_client=1, full_sweep_modes=CORE_MODES),
 }
-QUICK = dict(presets=["tiny"], modes=["student_only", "teacher_only", "refine_k50"], concurrency=[1, 4], entries=4, per_client=2)
+QUICK = dict(presets=["tiny"], modes=["student_only", "teacher_only", "refine_k50"], concurrency=[1, 4], entries=4, per_client=2, limit_rows=8, head_of_line=4)
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -42,6 +42,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--per-client", type=int, help="minimum requests per concurrent client (default: per preset)")
     p.add_argument("--full", action="store_true", help="every mode at every concurrency level, on every preset")
     p.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
+    p.add_argument("--limit-rows", type=int, help="images per machine-limit shape and mode (default 16; 0 skips the machine limit)")
+    p.add_argument("--head-of-line", type=int, help="concurrency of the head-of-line run (default 8; 0 skips it)")
     p.add_argument("--out", type=Path, default=RESULTS, help="results root (default benchmarks/results)")
     p.add_argument("--no-plots", action="store_true")
     args = p.parse_args(argv)
@@ -51,6 +53,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         args.concurrency = args.concurrency or QUICK["concurrency"]
         args.entries = args.entries or QUICK["entries"]
         args.per_client = args.per_client or QUICK["per_client"]
+        args.limit_rows = QUICK["limit_rows"] if args.limit_rows is None else args.limit_rows
+        args.head_of_line = QUICK["head_of_line"] if args.head_of_line is None else args.head_of_line
     args.presets = args.presets or ["tiny", "small"]
     args.concurrency = args.concurrency or [1, 2, 4, 8]
     return args
@@ -76,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             per_client=args.per_client or sizes["per_client"],
             protocol=args.protocol,
             full_sweep_modes=None if args.full or args.modes else sizes["full_sweep_modes"],
+            limit_rows=16 if args.limit_rows is None else args.limit_rows,
+            head_of_line_concurrency=8 if args.head_of_line is None else args.head_of_line,
         )
         out_dir = args.out / label
         start = time.perf_counter()

@@ -2,7 +2,8 @@
 
     python -m benchmarks.soak [--minutes 10] [--concurrency 8] [--preset tiny | --repository PATH]
 
-It starts its own tritonserver (so it can watch the server's memory), then runs perf_analyzer in
+It starts its own tritonserver (the launcher, with ``--on-stub-crash exit`` so a dead stub ends the
+run instead of being restarted away; its processes are what the memory figures sum), then runs perf_analyzer in
 back-to-back chunks of ``--chunk-s`` seconds (three measurement windows each) until the time is up.
 Warm-up first sends batches down every path (8 rows accepted; 8, 7, ..., 1 rows refined), so that
 each component has seen every batch size the load produces and ONNX Runtime's arenas their largest
@@ -41,7 +42,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from export.serve import free_ports
+from benchmarks.cpu import descendants
+from bll_python.prompts import read_prompts
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "soak"
@@ -64,27 +66,23 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
-def _children(pid: int) -> list[int]:
-    kids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if (proc / "stat").read_text().rsplit(")", 1)[1].split()[1] == str(pid):
-                    kids.append(int(proc.name))
-            except (OSError, IndexError):
-                continue
-    return kids
+def server_processes(server_pid: int) -> dict[str, int]:
+    """tritonserver and everything it spawned, by name: a Python-backend stub by its model instance
+    (``unet_teacher_0_0``, its ninth argument), anything else by pid."""
+    named = {"tritonserver": server_pid}
+    for pid in descendants(server_pid):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        except OSError:
+            continue
+        stub = argv[0].endswith(b"triton_python_backend_stub") and len(argv) > 8
+        named[argv[8].decode(errors="replace") if stub else f"pid{pid}"] = pid
+    return named
 
 
-def server_rss(server_pid: int, stubs: dict[str, int]) -> dict[str, Any]:
+def server_rss(server_pid: int) -> dict[str, Any]:
     """RSS in MiB: the total over tritonserver and its stub processes, and each of them."""
-    parts = {"tritonserver": _rss_kib(server_pid)}
-    named = set(stubs.values())
-    for name, pid in stubs.items():
-        parts[name] = _rss_kib(pid)
-    for pid in _children(server_pid):  # anything else the server spawned counts too
-        if pid not in named:
-            parts[f"pid{pid}"] = _rss_kib(pid)
+    parts = {name: _rss_kib(pid) for name, pid in server_processes(server_pid).items()}
     mib = {k: round(v / 1024, 1) for k, v in parts.items()}
     return {"total_mib": round(sum(parts.values()) / 1024, 1), "processes_mib": mib}
 
@@ -101,7 +99,7 @@ class RssSampler(threading.Thread):
     def run(self) -> None:
         while not self._halt.wait(self.period_s):
             if self.server.pid is not None:
-                rss = server_rss(self.server.pid, self.server.stub_processes())
+                rss = server_rss(self.server.pid)
                 self.samples.append((round(time.monotonic() - self.t0, 1), rss["total_mib"], rss["processes_mib"]))
 
     def stop(self) -> None:
@@ -165,7 +163,7 @@ def write_input_data(path: Path, prompts: Sequence[str]) -> Path:
 
 def run_chunk(url: str, input_data: Path, concurrency: int, chunk_s: float, csv_path: Path) -> dict[str, Any]:
     """One perf_analyzer run: three time windows of chunk_s / 3 at a fixed concurrency."""
-    from export.serve import perf_analyzer_command, perf_analyzer_env
+    from benchmarks.perf_analyzer import perf_analyzer_command, perf_analyzer_env
 
     window_ms = max(1000, int(chunk_s * 1000 / 3))
     command = perf_analyzer_command() + [
@@ -207,8 +205,7 @@ def _max_rows(repository: Path) -> int:
 
 
 def _prompts(limit: int) -> list[str]:
-    lines = [line.strip() for line in PROMPTS.read_text().splitlines()]
-    return [line for line in lines if line and not line.startswith("#")][:limit]
+    return read_prompts(PROMPTS)[:limit]
 
 
 def summarize(chunks: list[dict[str, Any]], warmup: int, rss: dict[str, Any], failures: dict[str, float]) -> dict[str, Any]:
@@ -265,15 +262,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
 
-    from export.serve import TritonServer
+    from clients.server_process import ServerProcess
+    from export.build import repository_or_preset
 
-    if args.repository is None:
-        from export.build import ensure_repository
-
-        repository = Path(ensure_repository(args.preset))
-    else:
-        repository = args.repository
-    http, grpc, metrics = free_ports(3)
+    repository, _ = repository_or_preset(args.repository, args.preset, progress=True)
     run: dict[str, Any] = {
         "config": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "repository": str(repository)},
         "machine": {"nproc": os.cpu_count(), "platform": platform.platform(), "load_average_at_start": [round(x, 2) for x in os.getloadavg()]},
@@ -281,9 +273,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     chunks: list[dict[str, Any]] = []
     rss: dict[str, Any] = {}
-    with TritonServer(repository, http_port=http, grpc_port=grpc, metrics_port=metrics) as server, tempfile.TemporaryDirectory(prefix="soak_") as tmp:
+    with tempfile.TemporaryDirectory(prefix="soak_") as tmp, ServerProcess(repository, log=Path(tmp) / "server.log", launcher_args=["--on-stub-crash", "exit"]) as server:
         t0 = time.monotonic()
-        rss["start"] = server_rss(server.pid, server.stub_processes())
+        processes_at_start = server_processes(server.pid)
+        rss["start"] = server_rss(server.pid)
         counters_start = scrape(server.metrics_url)
         sampler = RssSampler(server, 5.0, t0)
         sampler.start()
@@ -296,20 +289,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                 chunk["t_end_s"] = round(time.monotonic() - t0, 1)
                 chunks.append(chunk)
                 if len(chunks) == args.warmup_chunks:
-                    rss["after_warmup"] = server_rss(server.pid, server.stub_processes())
+                    rss["after_warmup"] = server_rss(server.pid)
                     rss["warmup_end_s"] = chunk["t_end_s"]
                 p99 = f"p99 {chunk['p99_ms']:.0f} ms, {chunk['throughput']:.2f}/s" if "p99_ms" in chunk else f"FAILED rc={chunk['returncode']}"
-                print(f"[{chunk['t_end_s']:7.1f}s] chunk {len(chunks)}: {p99}, RSS {server_rss(server.pid, server.stub_processes())['total_mib']} MiB, load {chunk['load_average_1m']}", flush=True)
+                print(f"[{chunk['t_end_s']:7.1f}s] chunk {len(chunks)}: {p99}, RSS {server_rss(server.pid)['total_mib'] if server.pid else 0.0} MiB, load {chunk['load_average_1m']}", flush=True)
                 if not server.is_alive():
-                    chunk["error"] = f"tritonserver exited\n{server.log_tail()}"
+                    chunk["error"] = f"the launcher exited\n{server.log_tail()}"
                     break
         finally:
             sampler.stop()
-        rss["end"] = server_rss(server.pid, server.stub_processes())
-        failures = failed_requests(counters_start, scrape(server.metrics_url))
+        alive = server.is_alive()
+        now = server_processes(server.pid) if alive and server.pid else {}
+        run["crashed_stubs"] = sorted(name for name, pid in processes_at_start.items() if now.get(name) != pid)
+        # A dead stub ends the launcher (--on-stub-crash exit): its chunk aborted, and no counters are left to read.
+        run["launcher_exit"] = None if alive else server.stop()
+        rss["end"] = server_rss(server.pid) if now else {"total_mib": 0.0, "processes_mib": {}}
+        failures = failed_requests(counters_start, scrape(server.metrics_url)) if alive else {"bls_errors": 0.0, "triton_failures": 0.0, "succeeded": 0.0}
         rss.setdefault("after_warmup", rss["end"])
         rss["samples"] = sampler.samples
-        run["crashed_stubs"] = server.crashed_stubs()
 
     run.update(summary=summarize(chunks, args.warmup_chunks, rss, failures), failures=failures, rss=rss, chunks=chunks)
     run["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

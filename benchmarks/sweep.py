@@ -39,6 +39,11 @@ class SweepConfig:
     # Modes swept over every concurrency level; the others only at the in-process levels (None: all).
     full_sweep_modes: tuple[str, ...] | None = None
     repository: Path | None = None  # benchmark this repository as it is, instead of the preset's
+    # The machine's limit per mode (benchmarks.machine_limit): images per limit shape, 0 to skip.
+    limit_rows: int = 16
+    # Head-of-line blocking (benchmarks.head_of_line) at this concurrency; 0 to skip.
+    head_of_line_concurrency: int = 8
+    head_of_line_rows: int = 32
 
 
     def levels(self, mode: Mode) -> tuple[int, ...]:
@@ -112,6 +117,13 @@ class PresetReport:
     levels: list[LevelResult] = field(default_factory=list)
     speedups: list[dict[str, Any]] = field(default_factory=list)
     unit_costs: dict[int, dict[str, float]] = field(default_factory=dict)
+    machine_limit: dict[str, dict[str, Any]] = field(default_factory=dict)  # mode -> limit and the shapes tried
+    head_of_line: dict[str, Any] = field(default_factory=dict)
+
+    def limit_ratio(self, level: LevelResult) -> float | None:
+        """Served throughput over the machine's limit for the level's mode."""
+        limit = self.machine_limit.get(level.mode, {}).get("limit")
+        return level.served.throughput / limit if limit else None
 
     def level(self, mode: str, concurrency: int) -> LevelResult | None:
         return next((lv for lv in self.levels if lv.mode == mode and lv.concurrency == concurrency), None)
@@ -125,6 +137,11 @@ class PresetReport:
             "levels": [lv.as_dict() for lv in self.levels],
             "speedups": self.speedups,
             "unit_costs_s_per_image": {str(k): v for k, v in self.unit_costs.items()},
+            "machine_limit": self.machine_limit,
+            "served_over_machine_limit": [
+                {"mode": lv.mode, "concurrency": lv.concurrency, "ratio": self.limit_ratio(lv)} for lv in self.levels if self.limit_ratio(lv) is not None
+            ],
+            "head_of_line": self.head_of_line,
         }
 
 
@@ -139,7 +156,11 @@ def measure_level(
     csv_path: Path,
     protocol: str,
 ) -> LevelResult:
-    """One perf_analyzer run, with Triton's per-model statistics and the BLS stage timers around it."""
+    """One perf_analyzer run, with Triton's per-model statistics and the BLS stage timers around it.
+
+    ``server`` has ``grpc_url``, ``http_url``, ``metrics_url`` and ``pid`` (the tritonserver process,
+    whose tree's CPU time is measured): a ``ServerProcess``, or the tests' ``TritonServer``.
+    """
     url = server.grpc_url if protocol == "grpc" else server.http_url
     stats_before, stages_before = snapshot(stats_client), stage_seconds(server.metrics_url)
     cpu_before = tree_cpu_seconds(server.pid)
@@ -218,11 +239,11 @@ def run_preset(config: SweepConfig, out_dir: Path, log: Log = print) -> PresetRe
     import tritonclient.grpc as grpcclient
 
     from clients.client import AdaptiveClient
-    from export.build import ensure_repository
-    from tests.triton_fixtures import running_server
+    from clients.server_process import ServerProcess
+    from export.build import repository_or_preset
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    repository = config.repository or ensure_repository(config.preset, progress=False)
+    repository, _ = repository_or_preset(config.repository, config.preset)
     deployment = Deployment.load(assets_dir(repository))
     workload = Workload.from_file(config.prompts, config.entries)
     report = PresetReport(config.preset, machine_info(), config.as_dict(), deployment.defaults.as_dict())
@@ -235,7 +256,7 @@ def run_preset(config: SweepConfig, out_dir: Path, log: Log = print) -> PresetRe
     for batch in inprocess_batches:
         warm_up(pipe, workload, batch)
     served_batches = sorted({*inprocess_batches, min(max(config.concurrency), deployment.max_rows)})
-    with running_server(repository) as server:
+    with ServerProcess(repository, log=out_dir / "server.log") as server:
         stats_client = grpcclient.InferenceServerClient(server.grpc_url)
         try:
             with AdaptiveClient(server.grpc_url, "grpc") as client:
@@ -259,8 +280,18 @@ def run_preset(config: SweepConfig, out_dir: Path, log: Log = print) -> PresetRe
                         f"steps {level.served_mean_steps:5.2f}, teacher {level.served_teacher_share:4.0%}"
                         + (f" | in-process {ip.throughput:6.2f} img/s, ratio {level.ratio:.3f} (CPU {level.cpu_ratio:.3f})" if ip else "")
                     )
+            if config.head_of_line_concurrency:
+                from benchmarks.head_of_line import measure as head_of_line
+
+                report.head_of_line = head_of_line(server.grpc_url, repository, config.head_of_line_concurrency, config.head_of_line_rows, log=lambda line: log(f"[{config.preset}]{line}"))
         finally:
             stats_client.close()
+    if config.limit_rows:
+        # After the server is gone: the limit must have the machine to itself.
+        from benchmarks.machine_limit import machine_limit
+
+        del pipe
+        report.machine_limit = machine_limit(repository, config.modes, config.limit_rows, log=lambda line: log(f"[{config.preset}]{line}"))
     report.unit_costs = _unit_costs(report, deployment)
     report.speedups = _speedups(report, deployment, config.modes)
     return report

@@ -14,9 +14,9 @@ import urllib.request
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
+from bll_python.components import COMPONENT_NAMES as COMPONENTS
 from bll_python.layout import BLS_MODEL
 
-COMPONENTS = ("text_encoder", "unet_student", "unet_teacher", "vae_decoder", "image_reward")
 
 
 @dataclass
@@ -86,6 +86,9 @@ class Breakdown:
     component_calls_per_image: float
     mean_bls_batch: float
     components: dict[str, dict[str, float]]  # name -> queue_ms, compute_ms, calls, rows, executions per image
+    # Per component: rows per execution (batch fill) and BLS calls per execution (calls merged by the
+    # component's dynamic batcher; above 1 means executions held rows of several requests).
+    fill: dict[str, dict[str, float]]
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,8 +98,9 @@ def breakdown(stats: Mapping[str, ModelStats]) -> Breakdown:
     """Per-image split of a measurement.
 
     The BLS overhead subtracts the components' whole request time (queue, compute and the backend's
-    hand-off to its stub) from the BLS's execution time. That is exact while one BLS instance calls
-    the components one at a time, as configured; with concurrent BLS executions it would overlap.
+    hand-off to its stub) from the BLS's execution time: its own Python work and round trips. With
+    several BLS instances in flight both sides add up over the instances, so it stays a per-image
+    cost (not a latency).
     """
     bls = stats.get(BLS_MODEL, ModelStats())
     images = max(bls.rows, 1)
@@ -116,6 +120,11 @@ def breakdown(stats: Mapping[str, ModelStats]) -> Breakdown:
             "executions": s.executions / images,
         }
     overhead_ns = bls.execution_compute_ns - component_request_ns
+    fill = {
+        name: {"rows_per_execution": s.rows / max(s.executions, 1), "calls_per_execution": s.requests / max(s.executions, 1)}
+        for name, s in ((n, stats.get(n, ModelStats())) for n in COMPONENTS)
+        if s.executions
+    }
     return Breakdown(
         images=bls.rows,
         bls_queue_ms=bls.queue_ns / max(bls.requests, 1) / 1e6,
@@ -125,6 +134,7 @@ def breakdown(stats: Mapping[str, ModelStats]) -> Breakdown:
         component_calls_per_image=calls / images,
         mean_bls_batch=bls.rows / max(bls.executions, 1),
         components=components,
+        fill=fill,
     )
 
 

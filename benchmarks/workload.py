@@ -14,16 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.modes import Mode
+from bll_python.prompts import read_prompts
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 TEST_PROMPTS = PROMPTS_DIR / "test.txt"
 HELDOUT_PROMPTS = PROMPTS_DIR / "heldout.txt"
-
-
-def read_prompts(path: Path) -> list[str]:
-    """Non-empty lines that are not ``#`` comments."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
 @dataclass(frozen=True)

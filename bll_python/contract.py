@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bll_python.dtypes import dtype
 from bll_python.settings import LIMITS, Strategy
 
 
@@ -20,12 +21,16 @@ class Field:
 
     @property
     def triton_dtype(self) -> str:
-        return {"bytes": "TYPE_STRING", "float32": "TYPE_FP32", "int32": "TYPE_INT32", "int64": "TYPE_INT64", "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL"}[self.dtype]
+        return dtype(self.dtype).triton
 
     @property
     def client_dtype(self) -> str:
         """tritonclient's datatype string."""
-        return {"bytes": "BYTES", "float32": "FP32", "int32": "INT32", "int64": "INT64", "uint8": "UINT8", "bool": "BOOL"}[self.dtype]
+        return dtype(self.dtype).client
+
+    @property
+    def numpy_dtype(self) -> type:
+        return dtype(self.dtype).numpy
 
     @property
     def allowed(self) -> str:

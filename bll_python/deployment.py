@@ -14,14 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from bll_python.components import COMPONENTS
 from bll_python.settings import GenerationSettings, SettingsError, check_number
-from bll_python.specs import (
-    ComponentSpec,
-    image_reward_spec,
-    text_encoder_spec,
-    unet_spec,
-    vae_decoder_spec,
-)
+from bll_python.specs import ComponentSpec
 
 MANIFEST = "deployment.json"
 
@@ -82,15 +77,8 @@ class Deployment:
         return self.latent_size * self.vae_scale
 
     def specs(self) -> dict[str, ComponentSpec]:
-        rows, cfg_rows = self.max_rows, 2 * self.max_rows
-        common = dict(latent_channels=self.latent_channels, latent_size=self.latent_size, seq_len=self.seq_len, text_hidden=self.text_hidden)
-        return {
-            "text_encoder": text_encoder_spec(seq_len=self.seq_len, hidden=self.text_hidden, max_batch=cfg_rows),
-            "unet_student": unet_spec("unet_student", max_batch=cfg_rows, timestep_cond_dim=self.timestep_cond_dim, **common),
-            "unet_teacher": unet_spec("unet_teacher", max_batch=cfg_rows, **common),
-            "vae_decoder": vae_decoder_spec(latent_channels=self.latent_channels, latent_size=self.latent_size, scale=self.vae_scale, max_batch=rows),
-            "image_reward": image_reward_spec(image_size=self.image_size, text_len=self.reward_text_len, max_batch=rows),
-        }
+        """Every component's tensors at this deployment's dims, in component order."""
+        return {name: c.deployment_spec(self) for name, c in COMPONENTS.items()}
 
     # ------------------------------------------------------------------ gate
 

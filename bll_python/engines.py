@@ -8,23 +8,18 @@ same protocol.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Callable, Mapping, Protocol
+from typing import Callable, Iterator, Mapping, Protocol
 
 import numpy as np
 import torch
 
+from bll_python.components import COMPONENT_NAMES
+from bll_python.dtypes import torch_dtype
 from bll_python.ort_options import ort_session_options
 from bll_python.specs import ComponentSpec
 
 Tensors = Mapping[str, torch.Tensor]
-
-_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int32": torch.int32, "int64": torch.int64, "uint8": torch.uint8}
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    return _TORCH_DTYPES[name]
 
 
 class Engine(Protocol):
@@ -123,16 +118,38 @@ class CountingEngine:
         return self.inner(inputs)
 
 
-@dataclass
 class Engines:
-    text_encoder: Engine
-    unet_student: Engine
-    unet_teacher: Engine
-    vae_decoder: Engine
-    image_reward: Engine
+    """One engine per component record, in record order: ``engines.unet_teacher`` or ``engines["unet_teacher"]``.
 
-    def items(self):
-        return [(f.name, getattr(self, f.name)) for f in fields(self)]
+    Takes them positionally in component order, by name, or both; a missing or unknown name is an error.
+    """
+
+    def __init__(self, *engines: Engine, **named: Engine) -> None:
+        if len(engines) > len(COMPONENT_NAMES):
+            raise TypeError(f"{len(engines)} engines for {len(COMPONENT_NAMES)} components {list(COMPONENT_NAMES)}")
+        given = dict(zip(COMPONENT_NAMES, engines))
+        twice = sorted(set(given) & set(named))
+        unknown = sorted(set(named) - set(COMPONENT_NAMES))
+        given.update(named)
+        missing = [n for n in COMPONENT_NAMES if n not in given]
+        if twice or unknown or missing:
+            raise TypeError(f"engines: given twice {twice}, unknown {unknown}, missing {missing}; the components are {list(COMPONENT_NAMES)}")
+        self._engines = {n: given[n] for n in COMPONENT_NAMES}
+
+    def __getattr__(self, name: str) -> Engine:
+        try:
+            return self.__dict__["_engines"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __getitem__(self, name: str) -> Engine:
+        return self._engines[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._engines)
+
+    def items(self) -> list[tuple[str, Engine]]:
+        return list(self._engines.items())
 
 
 def repository_ort_engines(repository: Path, specs: Mapping[str, ComponentSpec]) -> Engines:

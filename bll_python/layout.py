@@ -1,14 +1,16 @@
-"""Where things live inside a generated model repository (one layout for every runtime)."""
+"""Where things live inside a generated model repository (one layout for every runtime), and reading them back."""
 
 from __future__ import annotations
 
-import re
+import json
 from pathlib import Path
-
-_PARAMETER = re.compile(r'parameters\s*\{\s*key:\s*"(\w+)"\s*value:\s*\{\s*string_value:\s*"([^"]*)"\s*\}\s*\}')
+from typing import Any
 
 BLS_MODEL = "adaptive_diffusion"
 VERSION = "1"
+CONFIG_FILE = "config.pbtxt"
+# The tritonserver flags a repository needs (the TensorRT writer's CUDA pool); the launcher passes them.
+SERVER_ARGS_FILE = "tritonserver_args.json"
 
 
 def model_dir(repository: Path, name: str) -> Path:
@@ -17,6 +19,10 @@ def model_dir(repository: Path, name: str) -> Path:
 
 def version_dir(repository: Path, name: str) -> Path:
     return model_dir(repository, name) / VERSION
+
+
+def config_path(repository: Path, name: str) -> Path:
+    return model_dir(repository, name) / CONFIG_FILE
 
 
 def onnx_path(repository: Path, name: str) -> Path:
@@ -40,7 +46,26 @@ def reward_vocab(repository: Path) -> Path:
     return assets_dir(repository) / "reward_tokenizer" / "vocab.txt"
 
 
+def read_model_config(repository: Path, name: str) -> Any:
+    """A model's ``config.pbtxt`` as Triton's ``ModelConfig`` protobuf.
+
+    tritonclient ships the generated proto; it is imported here, not at module load, so the BLS
+    (which never reads configs) needs neither it nor protobuf.
+    """
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format.Parse(config_path(repository, name).read_text(), model_config_pb2.ModelConfig())
+
+
 def component_parameters(repository: Path, name: str) -> dict[str, str]:
-    """The ``parameters`` block of a model's ``config.pbtxt`` (empty when it has none)."""
-    config = model_dir(repository, name) / "config.pbtxt"
-    return dict(_PARAMETER.findall(config.read_text())) if config.is_file() else {}
+    """The ``parameters`` of a model's ``config.pbtxt`` (empty when it has no config)."""
+    if not config_path(repository, name).is_file():
+        return {}
+    return {key: value.string_value for key, value in read_model_config(repository, name).parameters.items()}
+
+
+def read_server_args(repository: Path) -> list[str]:
+    """The tritonserver flags ``repository`` was written for ([] when it records none)."""
+    path = assets_dir(repository) / SERVER_ARGS_FILE
+    return list(json.loads(path.read_text())["server_args"]) if path.is_file() else []

@@ -11,11 +11,12 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Iterable, Sequence
 
+from bll_python.components import COMPONENTS
 from bll_python.engines import ComponentError
 from bll_python.serving import CANCELLED, INTERNAL, INVALID_ARG, UNAVAILABLE, error_status
 from bll_python.settings import Route
 
-STAGES = ("text", "student", "decode", "reward", "teacher")
+STAGES = tuple(c.stage for c in COMPONENTS.values())
 OUTCOMES = ("success", INVALID_ARG.lower(), CANCELLED.lower(), UNAVAILABLE.lower(), INTERNAL.lower())
 LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
 
@@ -51,8 +52,6 @@ class ServingMetrics:
             count = family("adaptive_stage_seconds_count", "Batches per pipeline stage", kinds.COUNTER)
             self.stage_sum = {s: total.Metric(labels={"stage": s}) for s in STAGES}
             self.stage_count = {s: count.Metric(labels={"stage": s}) for s in STAGES}
-        self._gated = 0
-        self._accepted = 0
 
     def observe_stage(self, stage: str, seconds: float, rows: int) -> None:
         if self.histogram:
@@ -71,9 +70,10 @@ class ServingMetrics:
             accepted = sum(1 for r in result.routes if r is Route.STUDENT)
             self.gated_rows.increment(gated)
             self.accepted_rows.increment(accepted)
-            self._gated += gated
-            self._accepted += accepted
-            self.accept_rate.set(self._accepted / self._gated)
+            # Every BLS instance registers the same labelled series, and Triton keeps one series per
+            # name and labels, so these counters are server-wide; a ratio kept in this process
+            # would only describe this instance's rows.
+            self.accept_rate.set(self.accepted_rows.value() / max(self.gated_rows.value(), 1.0))
 
     def observe_response(self, error: Exception | None) -> None:
         """Count one answered request: ``error`` is None on success."""

@@ -12,6 +12,12 @@ Randomness follows diffusers so that a seed tuned there carries over: each row o
 ``torch.Generator("cpu").manual_seed(seed)`` and draws, in order, its initial latents, the
 student's per-step noise, then the refinement noise. A row's result therefore depends only on its
 own prompt, seed and the shared settings, never on its batch neighbours.
+
+The pipeline does no I/O of its own: :meth:`AdaptivePipeline.program` is a generator that yields one
+:class:`EngineCall` per component call and is sent the call's outputs back ("sans-I/O"). A driver
+decides how calls run: :func:`run_program` runs them one after another on an :class:`Engines`
+(in-process, and inside one BLS execution); ``bll_python.step_batcher`` merges the pending calls of
+many programs into shared component calls. The algorithm is written once, whatever runs it.
 """
 
 from __future__ import annotations
@@ -20,14 +26,14 @@ import inspect
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Generator, Sequence
 
 import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from bll_python.deployment import Deployment, SchedulerRecipe
-from bll_python.engines import Engine, Engines
+from bll_python.engines import Engines
 from bll_python.settings import GenerationSettings, Route, SettingsError, Strategy
 from bll_python.text import PromptTokenizers
 
@@ -36,6 +42,40 @@ StageObserver = Callable[[str, float, int], None]
 
 class Cancelled(RuntimeError):
     """The caller asked to stop (e.g. the client cancelled); raised between denoising steps."""
+
+
+Tensors = dict[str, torch.Tensor]
+
+
+@dataclass
+class EngineCall:
+    """One component call a program asks its driver for; the driver sends the outputs back."""
+
+    component: str
+    inputs: Tensors
+
+    @property
+    def rows(self) -> int:
+        return int(next(iter(self.inputs.values())).shape[0])
+
+
+# A running pipeline: yields EngineCalls, is sent their outputs, returns the result.
+Program = Generator[EngineCall, Tensors, "BatchResult"]
+
+
+def run_program(program: Generator[EngineCall, Tensors, object], engines: Engines) -> object:
+    """Drive ``program`` to its end, running each call on ``engines`` as soon as it is asked for."""
+    call = next(program)
+    while True:
+        try:
+            outputs = getattr(engines, call.component)(call.inputs)
+        except BaseException:
+            program.close()
+            raise
+        try:
+            call = program.send(outputs)
+        except StopIteration as done:
+            return done.value
 
 
 @dataclass
@@ -78,8 +118,8 @@ def guidance_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
 class _Sampler:
     """One denoising run of a model with a diffusers scheduler (the two-verb interface)."""
 
-    def __init__(self, engine: Engine, recipe: SchedulerRecipe, guidance_scale: float, uses_cfg: bool, cond_dim: int | None) -> None:
-        self.engine = engine
+    def __init__(self, component: str, recipe: SchedulerRecipe, guidance_scale: float, uses_cfg: bool, cond_dim: int | None) -> None:
+        self.component = component
         self.recipe = recipe
         self.scheduler = recipe.build()
         self.guidance_scale = guidance_scale
@@ -98,7 +138,7 @@ class _Sampler:
         uncond: torch.Tensor | None,
         generators: list[torch.Generator],
         check_cancelled: Callable[[], None],
-    ) -> torch.Tensor:
+    ) -> Generator[EngineCall, Tensors, torch.Tensor]:
         rows = latents.shape[0]
         context = torch.cat([uncond, text]) if self.cfg else text
         extra: dict[str, torch.Tensor] = {}
@@ -113,7 +153,8 @@ class _Sampler:
             x = torch.cat([latents, latents]) if self.cfg else latents
             x = self.scheduler.scale_model_input(x, t)
             tt = t.to(torch.float32).expand(x.shape[0])
-            noise = self.engine({"sample": x, "timestep": tt, "encoder_hidden_states": context, **extra})["noise_pred"].to(latents.dtype)
+            out = yield EngineCall(self.component, {"sample": x, "timestep": tt, "encoder_hidden_states": context, **extra})
+            noise = out["noise_pred"].to(latents.dtype)
             if self.cfg:
                 uncond_noise, text_noise = noise.chunk(2)
                 noise = uncond_noise + self.guidance_scale * (text_noise - uncond_noise)
@@ -122,9 +163,9 @@ class _Sampler:
 
 
 class AdaptivePipeline:
-    """Runs Algorithm 1 on a batch of prompts against any :class:`Engines` implementation."""
+    """Algorithm 1 on a batch of prompts: :meth:`program` is the algorithm, ``__call__`` runs it on ``engines``."""
 
-    def __init__(self, engines: Engines, deployment: Deployment, tokenizers: PromptTokenizers, device: str | torch.device = "cpu") -> None:
+    def __init__(self, engines: Engines | None, deployment: Deployment, tokenizers: PromptTokenizers, device: str | torch.device = "cpu") -> None:
         self.engines = engines
         self.deployment = deployment
         self.tokenizers = tokenizers
@@ -133,15 +174,18 @@ class AdaptivePipeline:
 
     # ----------------------------------------------------------------- stages
 
-    def encode_text(self, ids: np.ndarray) -> torch.Tensor:
-        return self.engines.text_encoder({"input_ids": torch.from_numpy(ids).to(self.device)})["text_embeddings"]
+    def encode_text(self, ids: np.ndarray) -> Generator[EngineCall, Tensors, torch.Tensor]:
+        out = yield EngineCall("text_encoder", {"input_ids": torch.from_numpy(ids).to(self.device)})
+        return out["text_embeddings"]
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.engines.vae_decoder({"latent": latents})["image"]
+    def decode(self, latents: torch.Tensor) -> Generator[EngineCall, Tensors, torch.Tensor]:
+        out = yield EngineCall("vae_decoder", {"latent": latents})
+        return out["image"]
 
-    def score(self, images: torch.Tensor, reward_ids: np.ndarray, reward_mask: np.ndarray) -> torch.Tensor:
+    def score(self, images: torch.Tensor, reward_ids: np.ndarray, reward_mask: np.ndarray) -> Generator[EngineCall, Tensors, torch.Tensor]:
         inputs = {"image": images, "reward_input_ids": torch.from_numpy(reward_ids), "reward_attention_mask": torch.from_numpy(reward_mask)}
-        return self.engines.image_reward(inputs)["score"].float().reshape(-1)
+        out = yield EngineCall("image_reward", inputs)
+        return out["score"].float().reshape(-1)
 
     def initial_noise(self, generators: list[torch.Generator]) -> torch.Tensor:
         # A list of generators draws each row from its own generator, as diffusers' prepare_latents does.
@@ -159,6 +203,29 @@ class AdaptivePipeline:
         on_stage: StageObserver | None = None,
         check_cancelled: Callable[[], None] | None = None,
     ) -> BatchResult:
+        """Run the batch on this pipeline's engines, one component call after another."""
+        return self.run(self.program(prompts, seeds, settings, negative_prompts, on_stage=on_stage, check_cancelled=check_cancelled))
+
+    def run(self, calls: Generator[EngineCall, Tensors, object]) -> object:
+        """Run one stage (``decode``, ``score``, ``encode_text``) or a whole program on this pipeline's engines."""
+        if self.engines is None:
+            raise RuntimeError("this pipeline has no engines; drive program() with a driver instead")
+        return run_program(calls, self.engines)
+
+    def program(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        settings: GenerationSettings | None = None,
+        negative_prompts: Sequence[str] | None = None,
+        *,
+        on_stage: StageObserver | None = None,
+        check_cancelled: Callable[[], None] | None = None,
+    ) -> Program:
+        """Algorithm 1 on one batch, as a generator of component calls (see the module docstring).
+
+        Arguments are checked before the first call is yielded, so a bad batch fails at ``next()``.
+        """
         s = settings or self.deployment.defaults
         n = len(prompts)
         if n == 0:
@@ -167,18 +234,20 @@ class AdaptivePipeline:
             raise SettingsError("seed", f"{len(seeds)} seeds for {n} prompts")
         negative = list(negative_prompts) if negative_prompts is not None else [""] * n
         tau = self.deployment.resolve_tau(s) if s.strategy.is_adaptive else None
-        check = check_cancelled or (lambda: None)
-        observe = on_stage or (lambda *_: None)
+        return self._program(list(prompts), list(seeds), s, negative, tau, on_stage or (lambda *_: None), check_cancelled or (lambda: None))
 
-        def timed(stage: str, rows: int, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+    def _program(self, prompts: list[str], seeds: list[int], s: GenerationSettings, negative: list[str], tau: float | None, observe: StageObserver, check: Callable[[], None]) -> Program:
+        n = len(prompts)
+
+        def timed(stage: str, rows: int, calls: Generator[EngineCall, Tensors, torch.Tensor]) -> Generator[EngineCall, Tensors, torch.Tensor]:
             start = time.perf_counter()
-            out = fn()
+            out = yield from calls
             observe(stage, time.perf_counter() - start, rows)
             return out
 
-        tokens = self.tokenizers(list(prompts))
+        tokens = self.tokenizers(prompts)
         neg_ids, _ = self.tokenizers.clip_ids(negative)
-        embeddings = timed("text", 2 * n, lambda: self.encode_text(np.concatenate([neg_ids, tokens.clip_ids])))
+        embeddings = yield from timed("text", 2 * n, self.encode_text(np.concatenate([neg_ids, tokens.clip_ids])))
         uncond, text = embeddings[:n], embeddings[n:]
         generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
         noise = self.initial_noise(generators)
@@ -188,33 +257,33 @@ class AdaptivePipeline:
         teacher_rows: list[int] = []
 
         if s.strategy is Strategy.TEACHER_ONLY:
-            latents = timed("teacher", n, lambda: self._teacher_from_noise(noise, text, uncond, generators, s, check))
+            latents = yield from timed("teacher", n, self._teacher_from_noise(noise, text, uncond, generators, s, check))
             steps += s.teacher_steps
             routes = [Route.TEACHER] * n
             teacher_rows = list(range(n))
-            images = timed("decode", n, lambda: self.decode(latents))
-            scores = timed("reward", n, lambda: self.score(images, tokens.reward_ids, tokens.reward_mask))
+            images = yield from timed("decode", n, self.decode(latents))
+            scores = yield from timed("reward", n, self.score(images, tokens.reward_ids, tokens.reward_mask))
         else:
-            student = self._sampler(self.engines.unet_student, self.deployment.student_scheduler, s.guidance_scale, self.deployment.student_uses_cfg, self.deployment.timestep_cond_dim)
+            student = _Sampler("unet_student", self.deployment.student_scheduler, s.guidance_scale, self.deployment.student_uses_cfg, self.deployment.timestep_cond_dim)
             student.set_timesteps(s.student_steps, self.device)
             x = noise * student.scheduler.init_noise_sigma
-            latents = timed("student", n, lambda: student.denoise(x, student.scheduler.timesteps, text, uncond, generators, check))
+            latents = yield from timed("student", n, student.denoise(x, student.scheduler.timesteps, text, uncond, generators, check))
             student_latents = latents
             steps += len(student.scheduler.timesteps)
-            images = timed("decode", n, lambda: self.decode(latents))
-            scores = timed("reward", n, lambda: self.score(images, tokens.reward_ids, tokens.reward_mask))
+            images = yield from timed("decode", n, self.decode(latents))
+            scores = yield from timed("reward", n, self.score(images, tokens.reward_ids, tokens.reward_mask))
             if s.strategy.is_adaptive:
                 teacher_rows = [i for i in range(n) if float(scores[i]) < tau]
             if teacher_rows:
                 idx = torch.tensor(teacher_rows, device=latents.device)
                 rows_g = [generators[i] for i in teacher_rows]
                 if s.strategy is Strategy.REFINE:
-                    fixed, used = timed("teacher", len(teacher_rows), lambda: self._teacher_refine(latents[idx], text[idx], uncond[idx], rows_g, s, check))
+                    fixed, used = yield from timed("teacher", len(teacher_rows), self._teacher_refine(latents[idx], text[idx], uncond[idx], rows_g, s, check))
                     route = Route.REFINED
                 else:
-                    fixed = timed("teacher", len(teacher_rows), lambda: self._teacher_from_noise(noise[idx], text[idx], uncond[idx], rows_g, s, check))
+                    fixed = yield from timed("teacher", len(teacher_rows), self._teacher_from_noise(noise[idx], text[idx], uncond[idx], rows_g, s, check))
                     used, route = s.teacher_steps, Route.REGENERATED
-                fixed_images = timed("decode", len(teacher_rows), lambda: self.decode(fixed))
+                fixed_images = yield from timed("decode", len(teacher_rows), self.decode(fixed))
                 latents = latents.clone()
                 images = images.clone()
                 latents[idx] = fixed.to(latents.dtype)
@@ -238,18 +307,15 @@ class AdaptivePipeline:
 
     # ----------------------------------------------------------------- teacher
 
-    def _sampler(self, engine: Engine, recipe: SchedulerRecipe, guidance: float, uses_cfg: bool, cond_dim: int | None) -> _Sampler:
-        return _Sampler(engine, recipe, guidance, uses_cfg, cond_dim)
-
     def _teacher(self, s: GenerationSettings) -> _Sampler:
-        return self._sampler(self.engines.unet_teacher, self.deployment.teacher_scheduler, s.guidance_scale, True, None)
+        return _Sampler("unet_teacher", self.deployment.teacher_scheduler, s.guidance_scale, True, None)
 
-    def _teacher_from_noise(self, noise, text, uncond, generators, s: GenerationSettings, check) -> torch.Tensor:
+    def _teacher_from_noise(self, noise, text, uncond, generators, s: GenerationSettings, check) -> Generator[EngineCall, Tensors, torch.Tensor]:
         teacher = self._teacher(s)
         teacher.set_timesteps(s.teacher_steps, self.device)
-        return teacher.denoise(noise * teacher.scheduler.init_noise_sigma, teacher.scheduler.timesteps, text, uncond, generators, check)
+        return (yield from teacher.denoise(noise * teacher.scheduler.init_noise_sigma, teacher.scheduler.timesteps, text, uncond, generators, check))
 
-    def _teacher_refine(self, student_latents, text, uncond, generators, s: GenerationSettings, check) -> tuple[torch.Tensor, int]:
+    def _teacher_refine(self, student_latents, text, uncond, generators, s: GenerationSettings, check) -> Generator[EngineCall, Tensors, tuple[torch.Tensor, int]]:
         """img2img in latent space: noise the student latent to ``strength=sigma``, run the tail."""
         teacher = self._teacher(s)
         sched = teacher.scheduler
@@ -263,4 +329,5 @@ class AdaptivePipeline:
             sched.set_begin_index(t_start * sched.order)
         noise = randn_tensor(student_latents.shape, generator=generators, device=self.device, dtype=student_latents.dtype)
         start = sched.add_noise(student_latents, noise, timesteps[:1].repeat(student_latents.shape[0]))
-        return teacher.denoise(start, timesteps, text, uncond, generators, check), len(timesteps)
+        latents = yield from teacher.denoise(start, timesteps, text, uncond, generators, check)
+        return latents, len(timesteps)

@@ -15,11 +15,9 @@ from typing import Mapping
 
 import numpy as np
 
-Dim = int | str
+from bll_python.dtypes import dtype
 
-# dtype names as numpy spells them; the other spellings are derived below.
-_NUMPY = {"float32": np.float32, "float16": np.float16, "int32": np.int32, "int64": np.int64, "uint8": np.uint8}
-_TRITON = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int32": "TYPE_INT32", "int64": "TYPE_INT64", "uint8": "TYPE_UINT8"}
+Dim = int | str
 
 BATCH = "B"
 
@@ -36,22 +34,55 @@ class SymbolRange:
 
 
 @dataclass(frozen=True)
+class Values:
+    """What a tensor holds, so sample inputs (export tracing, parity, engine validation) look real.
+
+    Integers are drawn from ``[low, high)``, floats uniformly from ``[low, high]`` (rounded when
+    ``whole``); a float tensor without a range is standard normal.
+    """
+
+    low: float | None = None
+    high: float | None = None
+    whole: bool = False
+
+
+NORMAL = Values()
+BINARY = Values(0, 2)  # masks, and any integer tensor that says nothing else
+# Token ids: inside every vocabulary we ship (CLIP's 49408, BERT's 30524 entries).
+TOKEN_IDS = Values(0, 1000)
+TIMESTEPS = Values(0, 999, whole=True)
+PIXELS = Values(0, 1)
+
+
+@dataclass(frozen=True)
 class TensorSpec:
     name: str
     dtype: str
     dims: tuple[Dim, ...]
+    values: Values = NORMAL
 
     def __post_init__(self) -> None:
-        if self.dtype not in _NUMPY:
+        if self.dtype not in ("float32", "float16", "int32", "int64", "uint8"):
             raise ValueError(f"{self.name}: unsupported dtype {self.dtype!r}")
 
     @property
     def numpy_dtype(self) -> type:
-        return _NUMPY[self.dtype]
+        return dtype(self.dtype).numpy
 
     @property
     def triton_dtype(self) -> str:
-        return _TRITON[self.dtype]
+        return dtype(self.dtype).triton
+
+    def sample(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        """Random values of this tensor's dtype and :class:`Values` at ``shape``."""
+        v = self.values
+        if self.dtype.startswith("int") or self.dtype == "uint8":
+            low, high = (BINARY.low, BINARY.high) if v.high is None else (v.low, v.high)
+            return rng.integers(int(low), int(high), size=shape).astype(self.numpy_dtype)
+        if v.high is None:
+            return rng.standard_normal(shape).astype(self.numpy_dtype)
+        drawn = rng.uniform(v.low, v.high, size=shape)
+        return (drawn.round() if v.whole else drawn).astype(self.numpy_dtype)
 
     @property
     def symbols(self) -> tuple[str, ...]:
@@ -118,31 +149,14 @@ class ComponentSpec:
         """Random inputs of the right dtypes and shapes, for export tracing and parity checks."""
         rng = np.random.default_rng(seed)
         sizes = self.sizes(**{BATCH: batch})
-        out: dict[str, np.ndarray] = {}
-        for t in self.inputs:
-            shape = t.shape(sizes)
-            if t.dtype.startswith("int"):
-                high = _INT_SAMPLE_HIGH.get(t.name, 2)
-                out[t.name] = rng.integers(0, high, size=shape).astype(t.numpy_dtype)
-            elif t.name == "timestep":
-                out[t.name] = rng.uniform(0, 999, size=shape).round().astype(t.numpy_dtype)
-            elif t.name == "image":
-                out[t.name] = rng.uniform(0, 1, size=shape).astype(t.numpy_dtype)
-            else:
-                out[t.name] = rng.standard_normal(shape).astype(t.numpy_dtype)
-        return out
-
-
-# Integer inputs are token ids or masks; keep samples inside every vocabulary we ship.
-_INT_SAMPLE_HIGH = {"input_ids": 1000, "reward_input_ids": 1000, "reward_attention_mask": 2}
+        return {t.name: t.sample(rng, t.shape(sizes)) for t in self.inputs}
 
 
 # ---------------------------------------------------------------------------------------------
-# The five components. Their fixed dims come from the checkpoint's configs, so a spec is built
-# per deployment by these factories; tensor names live only here.
+# The five components' tensors. Their fixed dims come from the checkpoint's configs, so a spec is
+# built per deployment by these factories (bll_python.components says which serves which
+# component); tensor names live only here.
 # ---------------------------------------------------------------------------------------------
-
-COMPONENTS = ("text_encoder", "unet_student", "unet_teacher", "vae_decoder", "image_reward")
 
 
 def batch_range(max_batch: int, opt: int | None = None) -> SymbolRange:
@@ -152,7 +166,7 @@ def batch_range(max_batch: int, opt: int | None = None) -> SymbolRange:
 def text_encoder_spec(*, seq_len: int, hidden: int, max_batch: int) -> ComponentSpec:
     return ComponentSpec(
         "text_encoder",
-        inputs=(TensorSpec("input_ids", "int32", (BATCH, seq_len)),),
+        inputs=(TensorSpec("input_ids", "int32", (BATCH, seq_len), TOKEN_IDS),),
         outputs=(TensorSpec("text_embeddings", "float32", (BATCH, seq_len, hidden)),),
         profile={BATCH: batch_range(max_batch)},
     )
@@ -175,7 +189,7 @@ def unet_spec(
     latent = (BATCH, latent_channels, latent_size, latent_size)
     inputs = [
         TensorSpec("sample", "float32", latent),
-        TensorSpec("timestep", "float32", (BATCH,)),
+        TensorSpec("timestep", "float32", (BATCH,), TIMESTEPS),
         TensorSpec("encoder_hidden_states", "float32", (BATCH, seq_len, text_hidden)),
     ]
     if timestep_cond_dim:
@@ -203,9 +217,9 @@ def image_reward_spec(*, image_size: int, text_len: int, max_batch: int) -> Comp
     return ComponentSpec(
         "image_reward",
         inputs=(
-            TensorSpec("image", "float32", (BATCH, 3, image_size, image_size)),
-            TensorSpec("reward_input_ids", "int32", (BATCH, text_len)),
-            TensorSpec("reward_attention_mask", "int32", (BATCH, text_len)),
+            TensorSpec("image", "float32", (BATCH, 3, image_size, image_size), PIXELS),
+            TensorSpec("reward_input_ids", "int32", (BATCH, text_len), TOKEN_IDS),
+            TensorSpec("reward_attention_mask", "int32", (BATCH, text_len), BINARY),
         ),
         outputs=(TensorSpec("score", "float32", (BATCH,)),),
         profile={BATCH: batch_range(max_batch)},

@@ -16,6 +16,18 @@ from bll_python.engines import ComponentError, Engines, Tensors, cast_inputs, ru
 from bll_python.specs import ComponentSpec
 
 
+def use_cuda_device(device: str) -> None:
+    """Make ``device``'s GPU the stub's current CUDA device (nothing for ``"cpu"``).
+
+    The Python backend stub copies BLS tensors with plain ``cudaMemcpy`` on the *current* device's
+    legacy default stream (python_backend r24.10, ``PbMemory::CopyBuffer``). torch's work on the same
+    device's default stream is ordered before those copies only when that device is current; on an
+    instance placed on GPU N != 0 the current device would otherwise stay 0.
+    """
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
+
+
 class TritonEngine:
     def __init__(self, pb_utils: ModuleType, spec: ComponentSpec, *, timeout_ms: int = 0, device: str = "cpu") -> None:
         self.pb = pb_utils
@@ -31,9 +43,11 @@ class TritonEngine:
     def _tensor(self, name: str, value: torch.Tensor):
         if value.dim() == 1:
             value = value.unsqueeze(-1)  # per-row scalars travel as [B, 1] (config reshape)
-        if self.gpu and value.is_cuda:
-            # DLPack keeps the tensor on the GPU: no host copy between denoising steps.
-            return self.pb.Tensor.from_dlpack(name, torch.utils.dlpack.to_dlpack(value))
+        if self.gpu and value.device.type != "cpu":
+            # DLPack keeps the tensor on the GPU: no host copy between denoising steps. The tensor
+            # itself, not a capsule: through ``__dlpack__(stream=...)`` the stub makes its proxy
+            # stream wait for torch's pending work on the tensor (a capsule carries no stream).
+            return self.pb.Tensor.from_dlpack(name, value.contiguous())
         return self.pb.Tensor(name, np.ascontiguousarray(value.cpu().numpy()))
 
     def _output(self, tensor) -> torch.Tensor:

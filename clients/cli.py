@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from bll_python.contract import SETTING_FIELDS, field
+from bll_python.prompts import read_prompts
 from bll_python.settings import Strategy
 from clients.client import AdaptiveClient, Generation
 
@@ -36,11 +37,9 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def read_prompts(args: argparse.Namespace) -> list[str]:
-    prompts = list(args.prompts)
-    if args.prompts_file:
-        prompts += [l.strip() for l in args.prompts_file.read_text(encoding="utf-8").splitlines() if l.strip() and not l.startswith("#")]
-    return prompts
+def prompts_of(args: argparse.Namespace) -> list[str]:
+    """The prompts given as arguments, then those of ``--prompts-file``."""
+    return list(args.prompts) + (read_prompts(args.prompts_file) if args.prompts_file else [])
 
 
 def generate_all(client_factory, prompts: Sequence[str], seed: int, negative: str | None, concurrency: int, settings: dict) -> list[Generation]:
@@ -78,7 +77,7 @@ def table(results: Sequence[Generation], paths: Sequence[Path] | None = None) ->
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    prompts = read_prompts(args)
+    prompts = prompts_of(args)
     if not prompts:
         parser().error("give prompts as arguments or with --prompts-file")
     url = args.url or DEFAULT_URLS[args.protocol]

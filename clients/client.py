@@ -11,7 +11,6 @@ import numpy as np
 from bll_python.contract import REQUEST_FIELDS, RESPONSE_FIELDS, SETTING_FIELDS
 
 MODEL = "adaptive_diffusion"
-_NUMPY = {"bytes": np.object_, "float32": np.float32, "int32": np.int32, "int64": np.int64}
 
 
 @dataclass
@@ -60,7 +59,7 @@ def build_inputs(module, prompts: Sequence[str], seeds: Sequence[int] | None = N
         if field.dtype == "bytes":
             array = np.array([[v.encode("utf-8") if isinstance(v, str) else v] for v in column], dtype=np.object_)
         else:
-            array = np.array([[v] for v in column], dtype=_NUMPY[field.dtype])
+            array = np.array([[v] for v in column], dtype=field.numpy_dtype)
         tensor = module.InferInput(field.name, list(array.shape), field.client_dtype)
         tensor.set_data_from_numpy(array)
         inputs.append(tensor)

@@ -10,7 +10,6 @@ judge's verdict on both.
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 import time
 from pathlib import Path
@@ -18,6 +17,8 @@ from typing import Sequence
 
 from clients.cli import generate_all, save_pngs, table
 from clients.client import AdaptiveClient
+from clients.ports import free_ports, port_free
+from clients.server_process import ServerProcess
 
 DEMO_PROMPTS = [
     "a red fox standing in the snow, 35mm photograph",
@@ -40,11 +41,6 @@ SHAPES_PROMPTS = [
 ]
 
 
-def _port_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as s:
-        return s.connect_ex((host, port)) != 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="demo", description=__doc__)
     p.add_argument("--preset", default="shapes")
@@ -53,7 +49,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from export.build import ensure_repository
-    from export.serve import TritonServer, free_ports
 
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -61,12 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     timings["export (or reuse)"] = time.perf_counter() - t
 
     ports = (8000, 8001, 8002)
-    if not all(_port_free(port) for port in ports):  # a server already owns the defaults: use others
+    if not all(port_free(port) for port in ports):  # a server already owns the defaults: use others
         ports = tuple(free_ports(3))
     t = time.perf_counter()
-    with TritonServer(repository, http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2]) as server:
+    with ServerProcess(repository, ports=ports, log=args.out / "server.log") as server:
         timings["server start"] = time.perf_counter() - t
-        print(f"tritonserver ready: http {server.http_url}  grpc {server.grpc_url}  metrics {server.metrics_url}")
+        print(f"tritonserver ready: http {server.http_url}  grpc {server.grpc_url}  metrics {server.metrics_url}  (log {server.log})")
         prompts = SHAPES_PROMPTS if args.preset == "shapes" else DEMO_PROMPTS
         for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
             t = time.perf_counter()

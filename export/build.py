@@ -1,28 +1,33 @@
-"""Checkpoints in, a servable model repository out: ONNX graphs, parity report, configs, assets, tau."""
+"""Checkpoints in, a servable model repository out: the one entry every exporter calls.
+
+``export_repository`` runs the stages in order (load checkpoints, export and check ONNX graphs,
+write the Triton repository, calibrate tau) into a staging folder and publishes it by one rename,
+so a failed or interrupted export never leaves a half-written repository. ``python -m export``,
+``ensure_repository`` (tests, ``make demo``, benchmarks, the GPU smoke test) and the launcher's
+``--preset`` all go through it. TensorRT engines are built from its output (``export.tensorrt``).
+"""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from tqdm.auto import tqdm
 
 from bll_python.deployment import MANIFEST, Calibration, Deployment
 from bll_python.layout import assets_dir, clip_tokenizer_dir, onnx_path, reward_vocab
-from bll_python.settings import GenerationSettings, Strategy
-from bll_python.specs import COMPONENTS
-from export.onnx_export import ParityReport, check_onnx, export_onnx
-from export.sources import LoadedModels, Sources, load_sources
-from export.tokenizers import write_bert_vocab
-
-DEFAULT_ROOT = Path(os.environ.get("ADAPTIVE_ARTIFACTS", Path(__file__).resolve().parent.parent / "artifacts"))
-DEFAULT_MAX_ROWS = 8
-CALIBRATION_PROMPTS = Path(__file__).resolve().parent.parent / "benchmarks" / "prompts" / "heldout.txt"
+from bll_python.prompts import read_prompts
+from bll_python.settings import GenerationSettings
+from export.checkpoints.sources import LoadedModels, Sources, load_sources
+from export.checkpoints.tokenizers import write_bert_vocab
+from export.defaults import CALIBRATION_PROMPTS, DEFAULT_MAX_ROWS, DEFAULT_ROOT, PRESET_CALIBRATION_PROMPTS
+from export.onnx.graph import export_onnx
+from export.onnx.parity import ParityReport, check_onnx
 
 
 @dataclass
@@ -44,7 +49,6 @@ class ExportSummary:
 
 
 def make_deployment(models: LoadedModels, *, preset: str, max_rows: int, defaults: GenerationSettings | None = None) -> Deployment:
-    kind_defaults = {k: v for k, v in models.kind.defaults.items()}
     return Deployment(
         preset=preset,
         student_kind=models.kind.name,
@@ -52,31 +56,36 @@ def make_deployment(models: LoadedModels, *, preset: str, max_rows: int, default
         reward_text_len=35,
         student_scheduler=models.student_scheduler,
         teacher_scheduler=models.teacher_scheduler,
-        defaults=defaults or GenerationSettings(**kind_defaults),
+        defaults=defaults or GenerationSettings(**models.kind.defaults),
         student_uses_cfg=models.kind.uses_cfg,
         **models.dims,
     )
 
 
-def read_prompts(path: Path) -> list[str]:
-    return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip() and not line.startswith("#")]
-
-
-def calibrate(repository: Path, prompts: Sequence[str], settings: GenerationSettings, *, batch: int = 8, progress: bool = True) -> Calibration:
-    """Student samples with exactly the serving settings, scored by ImageReward; all percentiles 0..100."""
-    import numpy as np
-
+def calibrate_repository(repository: Path, prompts: Sequence[str], defaults: GenerationSettings, *, batch: int = 8, progress: bool = True) -> Calibration:
+    """Tau for every percentile, from the repository's own graphs and session options (``bll_python.calibration``)."""
+    from bll_python.calibration import calibrate
     from bll_python.inprocess import inprocess_pipeline
 
-    pipe = inprocess_pipeline(repository)
-    s = GenerationSettings(**{**settings.as_dict(), "strategy": Strategy.STUDENT_ONLY.value, "tau": None, "k": None})
-    scores: list[float] = []
-    for i in tqdm(range(0, len(prompts), batch), desc="calibrating tau", disable=not progress, unit="batch"):
-        chunk = list(prompts[i : i + batch])
-        result = pipe(chunk, seeds=list(range(i, i + len(chunk))), settings=s)
-        scores.extend(result.scores.tolist())
-    percentiles = np.percentile(np.asarray(scores), np.arange(101)).tolist()
-    return Calibration(percentiles=percentiles, prompts=len(prompts), settings=s.as_dict())
+    with tqdm(total=len(prompts), desc="calibrating tau", disable=not progress, unit="prompt") as bar:
+        calibration, _ = calibrate(inprocess_pipeline(repository), prompts, defaults=defaults, batch=batch, progress=lambda done, _total: bar.update(done - bar.n))
+    return calibration
+
+
+@contextmanager
+def _staged(target: Path) -> Iterator[Path]:
+    """A fresh ``<target>.partial`` to write into; it replaces ``target`` by one rename on success
+    and is removed on any error, so ``target`` is either the old repository or the whole new one."""
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging.rename(target)
 
 
 def export_repository(
@@ -89,7 +98,8 @@ def export_repository(
     calibration_prompts: Sequence[str] | None = None,
     progress: bool = True,
 ) -> ExportSummary:
-    from export.triton_repository import write_onnxruntime_repository
+    """Export ``sources`` into an ONNX Runtime repository at ``repository`` (replacing one there)."""
+    from export.triton.onnxruntime import write_onnxruntime_repository
 
     start = time.perf_counter()
     repository = Path(repository)
@@ -97,23 +107,24 @@ def export_repository(
     deployment = make_deployment(models, preset=preset, max_rows=max_rows, defaults=defaults)
     specs = deployment.specs()
     summary = ExportSummary(repository)
-    for name in tqdm(COMPONENTS, desc="exporting ONNX", disable=not progress, unit="model"):
-        path = export_onnx(models.modules[name], specs[name], onnx_path(repository, name))
-        summary.parity.append(check_onnx(models.modules[name], specs[name], path))
-        summary.sizes[name] = sum(p.stat().st_size for p in path.parent.glob("model.onnx*"))
+    with _staged(repository) as staging:
+        for name, spec in tqdm(specs.items(), desc="exporting ONNX", disable=not progress, unit="model"):
+            path = export_onnx(models.modules[name], spec, onnx_path(staging, name))
+            summary.parity.append(check_onnx(models.modules[name], spec, path))
+            summary.sizes[name] = sum(p.stat().st_size for p in path.parent.glob("model.onnx*"))
 
-    assets = assets_dir(repository)
-    assets.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(models.tokenizer_dir, clip_tokenizer_dir(repository), dirs_exist_ok=True)
-    write_bert_vocab(reward_vocab(repository).parent)
-    deployment.save(assets)
-    (assets / "export_report.json").write_text(json.dumps({r.component: r.max_abs_error for r in summary.parity}, indent=2))
-    write_onnxruntime_repository(repository, deployment)
-
-    if calibration_prompts:
-        deployment.calibration = calibrate(repository, calibration_prompts, deployment.defaults, batch=max_rows, progress=progress)
-        summary.calibration = deployment.calibration
+        assets = assets_dir(staging)
+        assets.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(models.tokenizer_dir, clip_tokenizer_dir(staging), dirs_exist_ok=True)
+        write_bert_vocab(reward_vocab(staging).parent)
         deployment.save(assets)
+        (assets / "export_report.json").write_text(json.dumps({r.component: r.max_abs_error for r in summary.parity}, indent=2))
+        write_onnxruntime_repository(staging, deployment)
+
+        if calibration_prompts:
+            deployment.calibration = calibrate_repository(staging, calibration_prompts, deployment.defaults, batch=max_rows, progress=progress)
+            summary.calibration = deployment.calibration
+            deployment.save(assets)
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -122,39 +133,31 @@ def preset_repository(preset: str, root: Path = DEFAULT_ROOT) -> Path:
     return Path(root) / preset / "repository"
 
 
-def ensure_repository(preset: str = "tiny", root: Path = DEFAULT_ROOT, *, calibration_prompts: int = 64, progress: bool = True) -> Path:
-    """The preset's repository, exported first if missing (random weights in real formats, or shapes' trained ones)."""
-    from export.presets import write_preset
+def checkpoint_dir(repository: Path) -> Path:
+    """Where a preset's checkpoints go: beside its repository (``artifacts/<name>/{checkpoints,repository}``)."""
+    repository = Path(repository)
+    return repository.parent / "checkpoints" if repository.name == "repository" else repository.with_name(repository.name + "-checkpoints")
 
-    from export.triton_repository import write_onnxruntime_repository
+
+def ensure_repository(preset: str = "tiny", root: Path = DEFAULT_ROOT, *, calibration_prompts: int = PRESET_CALIBRATION_PROMPTS, progress: bool = True) -> Path:
+    """The preset's repository, exported first if missing (random weights in real formats, or shapes' trained ones)."""
+    from export.checkpoints.presets import preset_plan
+    from export.triton.onnxruntime import write_onnxruntime_repository
 
     repository = preset_repository(preset, root)
     if (assets_dir(repository) / MANIFEST).is_file():
-        # Weights are reused; configs and model.py files are rewritten so code changes take effect.
+        # Weights are reused; configs, model.py files and the bundled core are rewritten so code changes take effect.
         write_onnxruntime_repository(repository, Deployment.load(assets_dir(repository)))
         return repository
-    from export.world.preset import trained_preset
-
-    trained = trained_preset(preset)  # committed, trained checkpoints (shapes): exported as they are
-    if trained:
-        sources, prompts, defaults = trained.sources, trained.calibration_prompts, trained.defaults
-    else:
-        checkpoints = write_preset(Path(root) / preset / "checkpoints", preset)
-        sources = Sources(teacher=checkpoints["teacher"], student=checkpoints["student"], student_kind="cd", reward=checkpoints["reward"], reward_config=checkpoints["reward_config"])
-        prompts = read_prompts(CALIBRATION_PROMPTS)[:calibration_prompts] if CALIBRATION_PROMPTS.is_file() else None
-        defaults = None
-    staging = repository.with_name(repository.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    summary = export_repository(sources, staging, preset=preset, defaults=defaults, calibration_prompts=prompts, progress=progress)
-    shutil.rmtree(repository, ignore_errors=True)
-    staging.rename(repository)
+    plan = preset_plan(preset, checkpoint_dir(repository), calibration_prompts=calibration_prompts)
+    summary = export_repository(plan.sources, repository, preset=preset, defaults=plan.defaults, calibration_prompts=plan.calibration_prompts, progress=progress)
     if progress:
-        print(str(summary).replace(str(staging), str(repository)))
+        print(summary)
     return repository
 
 
-def repository_or_preset(repository: Path | None, preset: str) -> tuple[Path, str]:
+def repository_or_preset(repository: Path | None, preset: str, *, progress: bool = False) -> tuple[Path, str]:
     """``repository`` when given, else the preset's (exported first if missing), and a label for results."""
     if repository is not None:
         return Path(repository), Path(repository).name
-    return ensure_repository(preset, progress=False), preset
+    return ensure_repository(preset, progress=progress), preset

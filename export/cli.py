@@ -16,47 +16,19 @@ Errors about the inputs print one line and exit with status 2.
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import shutil
 import sys
 import time
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from export.students import STUDENT_KINDS, SourceError, StudentKind, check_sampler_overrides, student_kind
-
-PRESET_NAMES = ("tiny", "small")
-PRESET_CALIBRATION_PROMPTS = 64  # as ensure_repository
-HUB_TIMEOUT_S = 3.0
-# org/name, optionally followed by a file path inside the repository.
-HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.\-]*/[A-Za-z0-9][\w.\-]*)(?:/(?P<file>[\w.\-/]+))?")
-
-# The files of a diffusers SD1.5 pipeline the export reads; the hub repositories also hold
-# .ckpt/.bin/fp16/non-EMA copies worth gigabytes that it never needs.
-TEACHER_FILES = [
-    "model_index.json",
-    "scheduler/scheduler_config.json",
-    "tokenizer/*",
-    "text_encoder/config.json",
-    "text_encoder/model.safetensors",
-    "unet/config.json",
-    "unet/diffusion_pytorch_model.safetensors",
-    "vae/config.json",
-    "vae/diffusion_pytorch_model.safetensors",
-]
-# A distilled UNet published as a pipeline (unet/ + scheduler/) or as a bare UNet folder.
-FULL_STUDENT_FILES = ["unet/config.json", "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json", "config.json", "diffusion_pytorch_model.safetensors"]
-REWARD_FILE = "ImageReward.pt"  # THUDM/ImageReward
+from export.checkpoints.errors import SourceError
+from export.checkpoints.students import STUDENT_KINDS, StudentKind, check_sampler_overrides, student_kind
+from export.defaults import CALIBRATION_PROMPTS, DEFAULT_MAX_ROWS, DEFAULT_ROOT, PRESET_CALIBRATION_PROMPTS, PRESET_NAMES
 
 
 class UsageError(ValueError):
     """A bad command line; reported in one line like every other input error."""
-
-
-class HubUnavailable(SourceError):
-    """A hub id was given but the Hugging Face Hub cannot be reached (or HF_HUB_OFFLINE is set)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -106,72 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------------------------------------
-# Hub ids
-# ---------------------------------------------------------------------------------------------
-
-
-def _offline_reason() -> str | None:
-    """Why the hub cannot be used right now, or None if it answers."""
-    import urllib.error
-    import urllib.request
-
-    from huggingface_hub import constants
-
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"} or constants.HF_HUB_OFFLINE:
-        return "HF_HUB_OFFLINE is set"
-    endpoint = constants.ENDPOINT
-    try:
-        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=HUB_TIMEOUT_S)
-    except urllib.error.HTTPError:
-        return None  # the server answered, even if not with 200
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        return f"{endpoint} did not answer within {HUB_TIMEOUT_S:g} s ({reason})"
-    return None
-
-
-def _hub_fetch(repo: str, file: str | None, patterns: list[str] | None, local_only: bool) -> Path:
-    from huggingface_hub import hf_hub_download, snapshot_download
-
-    if file is not None:
-        return Path(hf_hub_download(repo, file, local_files_only=local_only, etag_timeout=10))
-    return Path(snapshot_download(repo, allow_patterns=patterns, local_files_only=local_only, etag_timeout=10))
-
-
-def resolve_source(value: str, flag: str, *, file: str | None = None, patterns: list[str] | None = None) -> Path:
-    """A local path as is; a hub id downloaded (only the files named) when the hub answers.
-
-    ``file`` is the default file to fetch from a repository id without a file part (a LoRA, the
-    ImageReward checkpoint); ``patterns`` limit a folder snapshot (a pipeline, a UNet).
-    """
-    path = Path(value).expanduser()
-    if path.exists():
-        return path
-    match = HUB_ID.fullmatch(value)
-    if match is None or value.startswith((".", "/", "~")):
-        raise SourceError(f"{flag}: {value} does not exist")
-    repo, file = match["repo"], match["file"] or file
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    reason = _offline_reason()
-    try:
-        # A copy already in the local hub cache needs no network, so try it first either way.
-        return _hub_fetch(repo, file, patterns, local_only=True)
-    except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
-        pass
-    if reason is not None:
-        what = f"{repo}/{file}" if file else repo
-        raise HubUnavailable(
-            f"{flag} {value}: not a local path, and fetching it from the Hugging Face Hub is impossible: the hub is unreachable "
-            f"({reason}). Download {what} on a machine with access and pass the local path."
-        )
-    try:
-        return _hub_fetch(repo, file, patterns, local_only=False)
-    except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as err:
-        raise SourceError(f"{flag} {value}: not a local path, and the hub could not provide it: {' '.join(str(err).split())[:300]}") from err
-
-
-# ---------------------------------------------------------------------------------------------
 # The command
 # ---------------------------------------------------------------------------------------------
 
@@ -193,7 +99,7 @@ def _defaults(kind: StudentKind, args: argparse.Namespace):
 
 
 def _calibration_prompts(args: argparse.Namespace) -> list[str] | None:
-    from export.build import CALIBRATION_PROMPTS, read_prompts
+    from bll_python.prompts import read_prompts
 
     count = args.calibration_count
     if count is None and args.preset:
@@ -211,27 +117,14 @@ def _calibration_prompts(args: argparse.Namespace) -> list[str] | None:
     return prompts[:count] if count is not None else prompts
 
 
-def _checkpoint_dir(out: Path) -> Path:
-    # Beside the repository, as ensure_repository lays out artifacts/<preset>/{checkpoints,repository}.
-    return out.parent / "checkpoints" if out.name == "repository" else out.with_name(out.name + "-checkpoints")
-
-
-def _preset_sources(preset: str, kind: StudentKind, out: Path):
-    from export.presets import write_preset, write_student
-    from export.sources import Sources
-
-    root = _checkpoint_dir(out)
-    paths = write_preset(root, preset)
-    student = paths["student"] if kind.name == "cd" else write_student(kind.name, root / f"student-{kind.name}", preset)
-    return Sources(teacher=paths["teacher"], student=student, student_kind=kind.name, reward=paths["reward"], reward_config=paths["reward_config"])
-
-
 def _real_sources(args: argparse.Namespace, kind: StudentKind, overrides: dict[str, float]):
-    from export.sources import Sources
+    from export.checkpoints.hub import FULL_STUDENT_FILES, REWARD_FILE, TEACHER_FILES, resolve_source
+    from export.checkpoints.lora import LORA_FILE
+    from export.checkpoints.sources import Sources
 
     teacher = resolve_source(args.teacher, "--teacher", patterns=TEACHER_FILES)
     if kind.is_lora:
-        student = resolve_source(args.student, "--student", file="pytorch_lora_weights.safetensors")
+        student = resolve_source(args.student, "--student", file=LORA_FILE)
     else:
         student = resolve_source(args.student, "--student", patterns=FULL_STUDENT_FILES)
     reward = resolve_source(args.reward, "--reward", file=REWARD_FILE)
@@ -301,7 +194,7 @@ def _report(summary: Any, out: Path) -> str:
         lines.append("  default tau   none (no calibration): requests must pass tau")
     total = sum(summary.sizes.values())
     lines.append(f"  total         {total / 2**20:.2f} MiB in {len(summary.sizes)} ONNX models")
-    lines.append(f"serve it:  python -m export.serve --repository {out}")
+    lines.append(f"serve it:  python -m export.launcher --repository {out}")
     return "\n".join(lines)
 
 
@@ -333,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
     defaults = _defaults(kind, args)
     prompts = _calibration_prompts(args)
 
-    from export.build import DEFAULT_MAX_ROWS, DEFAULT_ROOT
+    from export.build import checkpoint_dir, export_repository
 
     name = args.name or ((args.preset if kind.name == "cd" else f"{args.preset}-{kind.name}") if args.preset else kind.name)
     out = Path(args.out).expanduser() if args.out else Path(DEFAULT_ROOT) / name / "repository"
@@ -344,39 +237,28 @@ def run(args: argparse.Namespace) -> int:
         raise SourceError(f"--out {out} already holds an export; pass --force to replace it")
     progress = not args.quiet
     start = time.perf_counter()
-    staging = out.with_name(out.name + ".partial")
     with _quiet_libraries(not args.verbose):
         if args.preset:
+            from export.checkpoints.presets import preset_sources
+
             if progress:
                 print(f"writing the {args.preset} preset's random-weight checkpoints ({kind.name} student) ...", file=sys.stderr)
-            sources = _preset_sources(args.preset, kind, out)
+            sources = preset_sources(args.preset, checkpoint_dir(out), kind.name)
             sources.sampler_overrides = overrides
         else:
             sources = _real_sources(args, kind, overrides)
         if progress:
             what = "fusing the student LoRA into a copy of the teacher UNet" if kind.is_lora else "loading the student UNet"
             print(f"loading the teacher, {what}, loading ImageReward ...", file=sys.stderr)
-
-        from export.build import export_repository
-
-        shutil.rmtree(staging, ignore_errors=True)
-        try:
-            summary = export_repository(
-                sources,
-                staging,
-                preset=args.preset or name,
-                max_rows=args.max_rows or DEFAULT_MAX_ROWS,
-                defaults=defaults,
-                calibration_prompts=prompts,
-                progress=progress,
-            )
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)  # never leave a half-written repository behind
-            raise
-    shutil.rmtree(out, ignore_errors=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging.rename(out)
-    summary.repository = out
+        summary = export_repository(
+            sources,
+            out,
+            preset=args.preset or name,
+            max_rows=args.max_rows or DEFAULT_MAX_ROWS,
+            defaults=defaults,
+            calibration_prompts=prompts,
+            progress=progress,
+        )
     summary.seconds = time.perf_counter() - start
     print(_report(summary, out))
     return 0
@@ -388,7 +270,7 @@ def _input_error(err: Exception) -> bool:
 
     input_errors: tuple[type[Exception], ...] = (UsageError, SourceError, SettingsError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
     # Imported only if already loaded: importing it pulls in transformers, too slow for a typo.
-    reward = sys.modules.get("export.image_reward")
+    reward = sys.modules.get("export.models.image_reward_keys")
     if reward is not None:
         input_errors += (reward.CheckpointError,)
     return isinstance(err, input_errors)

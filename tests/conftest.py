@@ -22,28 +22,48 @@ from bll_python.layout import assets_dir  # noqa: E402
 from bll_python.pipeline import AdaptivePipeline  # noqa: E402
 
 
+_TINY_ROOTS = {"tiny_checkpoints", "tiny_sources", "tiny_repository", "tiny_models"}
+
+
+def pytest_collection_modifyitems(config, items):
+    # "tiny" marks every test that needs the tiny export, so `-m "not tiny"` keeps the tests that
+    # run in seconds (make mutate selects them).
+    for item in items:
+        if _TINY_ROOTS & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.tiny)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
-    from export.presets import write_preset
+    from export.checkpoints.presets import write_preset
 
     return write_preset(tmp_path_factory.mktemp("checkpoints"), "tiny")
 
 
 @pytest.fixture(scope="session")
 def tiny_sources(tiny_checkpoints):
-    from export.sources import Sources
+    from export.checkpoints.sources import Sources
 
     c = tiny_checkpoints
     return Sources(teacher=c["teacher"], student=c["student"], student_kind="cd", reward=c["reward"], reward_config=c["reward_config"])
 
 
 @pytest.fixture(scope="session")
-def tiny_repository(tiny_sources, tmp_path_factory) -> Path:
+def calibration_prompts() -> list[str]:
+    """The held-out prompts the tiny repository's tau is calibrated on (seeds 0, 1, ... in order)."""
+    from bll_python.prompts import read_prompts
+    from export.defaults import CALIBRATION_PROMPTS
+
+    return read_prompts(CALIBRATION_PROMPTS)[:24]
+
+
+@pytest.fixture(scope="session")
+def tiny_repository(tiny_sources, calibration_prompts, tmp_path_factory) -> Path:
     """A complete ONNX Runtime model repository with a calibrated tau (24 held-out prompts)."""
-    from export.build import CALIBRATION_PROMPTS, export_repository, read_prompts
+    from export.build import export_repository
 
     repo = tmp_path_factory.mktemp("tiny") / "repository"
-    export_repository(tiny_sources, repo, preset="tiny", calibration_prompts=read_prompts(CALIBRATION_PROMPTS)[:24], progress=False)
+    export_repository(tiny_sources, repo, preset="tiny", calibration_prompts=calibration_prompts, progress=False)
     return repo
 
 
@@ -54,7 +74,7 @@ def deployment(tiny_repository) -> Deployment:
 
 @pytest.fixture(scope="session")
 def tiny_models(tiny_sources):
-    from export.sources import load_sources
+    from export.checkpoints.sources import load_sources
 
     return load_sources(tiny_sources)
 
@@ -85,3 +105,37 @@ def tiny_server(tiny_repository):
 
     with running_server(tiny_repository) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def diffusers_reference(tiny_models, deployment):
+    """diffusers' StableDiffusion(Img2Img)Pipeline on the tiny weights (tests/diffusers_reference.py)."""
+    from tests.diffusers_reference import DiffusersReference
+
+    return DiffusersReference(tiny_models, deployment)
+
+
+@pytest.fixture(scope="session")
+def mixed_batch(ort_pipeline):
+    """Six rows and a tau between their student scores: two rows go to the teacher, four do not.
+
+    Asymmetric on purpose: a gate that sent the wrong side would send four rows, which routes,
+    step counts and Triton's teacher row counts all tell apart.
+    """
+    from tests.gate import mixed_batch
+
+    return mixed_batch(ort_pipeline)
+
+
+@pytest.fixture(scope="session")
+def calibration_scores(ort_pipeline, deployment, calibration_prompts):
+    """The student's scores on the calibration prompts, recomputed here with the calibration's settings."""
+    from bll_python.settings import GenerationSettings
+
+    settings = GenerationSettings(**deployment.calibration.settings)
+    assert settings.strategy.value == "student_only" and deployment.calibration.prompts == len(calibration_prompts)
+    scores = []
+    for i in range(0, len(calibration_prompts), deployment.max_rows):
+        chunk = calibration_prompts[i : i + deployment.max_rows]
+        scores.extend(ort_pipeline(chunk, list(range(i, i + len(chunk))), settings).scores.tolist())
+    return scores

@@ -103,8 +103,8 @@ def test_inprocess_limit_uses_the_served_session_options_and_counts_steps(bench_
 
 def test_calibration_is_stored_with_all_percentiles_and_read_back(tiny_repository, tmp_path, capsys):
     from benchmarks import calibrate
-    from export.build import calibrate as export_calibrate
-    from export.build import read_prompts
+    from bll_python.prompts import read_prompts
+    from export.build import calibrate_repository as export_calibrate
 
     repo = tmp_path / "repository"
     shutil.copytree(tiny_repository, repo)  # the session fixture stays as it is
@@ -163,7 +163,7 @@ def test_sweep_level_against_the_tiny_server_and_its_report(tiny_server, tiny_re
     from benchmarks.workload import write_input_data
 
     try:
-        from export.serve import perf_analyzer_command
+        from benchmarks.perf_analyzer import perf_analyzer_command
 
         perf_analyzer_command()
     except RuntimeError as e:
@@ -193,7 +193,20 @@ def test_sweep_level_against_the_tiny_server_and_its_report(tiny_server, tiny_re
     (row,) = report.speedups
     assert row["predicted_from_steps"] == pytest.approx(d.teacher_steps / d.student_steps)
 
+    from benchmarks.head_of_line import measure as head_of_line
+    from benchmarks.machine_limit import machine_limit
+
+    report.machine_limit = machine_limit(tiny_repository, [BY_NAME["student_only"]], rows=4, cores=2, log=lambda _: None)
+    limit = report.machine_limit["student_only"]
+    assert limit["limit"] == max(r["throughput"] for r in limit["runs"]) > 0
+    assert {(r["workers"], r["batch"]) for r in limit["runs"]} == {(2, 1), (2, 4), (1, deployment.max_rows)}
+    assert report.limit_ratio(student) == pytest.approx(student.served.throughput / limit["limit"])
+    report.head_of_line = head_of_line(tiny_server.grpc_url, tiny_repository, concurrency=2, rows=4, log=lambda _: None)
+    h = report.head_of_line
+    assert h["accepted"] == 2 and h["refined"] == 2 and h["p50_ratio"] > 0
+
     paths = save(report, tmp_path / "out") + plot_all(report, tmp_path / "out")
     assert all(p.stat().st_size > 0 for p in paths)
-    assert {p.name for p in paths} >= {"sweep.json", "sweep.csv", "components.csv", "throughput.png", "served_vs_inprocess.png", "speedup.png"}
-    assert "student_only" in summary(report)
+    assert {p.name for p in paths} >= {"sweep.json", "sweep.csv", "components.csv", "limit.csv", "throughput.png", "served_vs_inprocess.png", "speedup.png"}
+    text = summary(report)
+    assert "student_only" in text and "served / machine limit" in text and "head-of-line" in text

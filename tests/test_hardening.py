@@ -19,7 +19,6 @@ from __future__ import annotations
 import ast
 import json
 import os
-import re
 import shutil
 import signal
 import threading
@@ -35,9 +34,11 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from bll_python.contract import REQUEST_FIELDS, RESPONSE_FIELDS
+from bll_python.layout import read_model_config
 from bll_python.settings import LIMITS, MAX_TEXT_BYTES
 from bll_python.specs import BATCH
 from clients.client import build_inputs
+from export.triton.configs import write_config
 from tests.triton_fixtures import running_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,20 +99,48 @@ def _stats(url: str, model: str) -> dict[str, int]:
         "executions": int(s.get("execution_count", 0)),
         "rows": int(s.get("inference_count", 0)),
         "success": int(s["inference_stats"].get("success", {}).get("count", 0)),
+        "fail": int(s["inference_stats"].get("fail", {}).get("count", 0)),
     }
 
 
-def _wait_settled(url: str, model: str, quiet_s: float = 0.6, timeout_s: float = 30.0) -> dict[str, int]:
-    """The model's statistics once they stop moving: its in-flight work has drained."""
-    last, since, deadline = _stats(url, model), time.monotonic(), time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        time.sleep(0.1)
-        now = _stats(url, model)
-        if now != last:
-            last, since = now, time.monotonic()
-        elif time.monotonic() - since >= quiet_s:
-            return now
-    raise AssertionError(f"{model} still busy after {timeout_s}s")
+def _wait_for(what: str, probe: Callable[[], Any], done: Callable[[Any], bool], timeout_s: float = 120.0) -> Any:
+    """Poll ``probe()`` until ``done(value)``: a wait on observable state, never a fixed delay."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = probe()
+        if done(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: still {value} after {timeout_s:g}s")
+        time.sleep(0.02)
+
+
+def _answered(stats: dict[str, int]) -> int:
+    return stats["success"] + stats["fail"]
+
+
+def _wait_answered(url: str, model: str, count: int) -> dict[str, int]:
+    """The model's statistics once ``count`` requests in all have been recorded (Triton records
+    a request just after answering it)."""
+    return _wait_for(f"{model} requests recorded", lambda: _stats(url, model), lambda s: _answered(s) >= count)
+
+
+def _wait_teacher_busy(url: str, before: dict[str, int]) -> None:
+    """Until unet_teacher has run a step since ``before``: the request ahead is inside its execute."""
+    _wait_for("unet_teacher executions", lambda: _stats(url, "unet_teacher")["executions"], lambda n: n > before["executions"])
+
+
+def _wait_bls_settled(server) -> dict[str, int]:
+    """The BLS statistics once Triton has recorded every request the BLS answered.
+
+    The BLS counts a request in ``adaptive_requests_total`` before it answers; Triton records it in
+    its statistics just after. Until the two agree, a request of an earlier test is still landing.
+    """
+
+    def answered_by_bls() -> float:
+        return sum(v for k, v in _scrape(server).items() if k.startswith("adaptive_requests_total{"))
+
+    return _wait_for("BLS statistics settled", lambda: _stats(server.grpc_url, MODEL), lambda s: _answered(s) >= answered_by_bls())
 
 
 def _async(client: grpcclient.InferenceServerClient, inputs: list, **kwargs: Any) -> tuple[threading.Event, dict, Any]:
@@ -216,30 +245,20 @@ FRONTEND_BAD_INPUTS: list[tuple[str, Callable[[], list], tuple[str, ...]]] = [
 ]
 
 
-def _blocker(client: grpcclient.InferenceServerClient):
-    """Keep the single BLS instance busy, so that what is sent next queues up for one execute."""
-    return _async(client, _request(["the blocker"], strategy="teacher_only", teacher_steps=int(LIMITS["teacher_steps"].high)))
-
-
 @pytest.mark.server
-def test_every_bad_input_gets_invalid_arg_naming_field_value_and_range_while_batch_neighbours_succeed(tiny_server):
+def test_every_bad_input_gets_invalid_arg_naming_field_value_and_range_while_concurrent_requests_succeed(tiny_server):
+    # The BLS runs every request in an execution of its own (no dynamic batcher, several instances),
+    # so a wave sent together is in flight at once; that a bad request also fails alone inside one
+    # execute shared with good ones is BatchRunner's job, specified without a server.
     url = tiny_server.grpc_url
     client = grpcclient.InferenceServerClient(url)
     try:
         for good, bad in _waves():
-            before = _wait_settled(url, MODEL, quiet_s=0.3)
-            blocked, _, _ = _blocker(client)
-            time.sleep(0.1)  # the blocker is executing (1 ms batching delay); the wave queues behind it
             pending = [_async(client, _full(**fields)) for fields in good[:1]]
             pending += [_async(client, _full(**fields)) for _, fields, _, _ in bad]
             pending += [_async(client, _full(**fields)) for fields in good[1:]]
             for done, _, _ in pending:
                 assert done.wait(120)
-            assert blocked.wait(120)
-            # Two executes, the blocker's and one for the whole wave: the good and the bad requests
-            # were answered by the same execute. (Triton records them just after answering.)
-            after = _wait_settled(url, MODEL, quiet_s=0.3)
-            assert after["executions"] - before["executions"] == 2, "the wave was split over several executes"
 
             boxes = [box for _, box, _ in pending]
             first = len(good[:1])
@@ -289,7 +308,7 @@ def test_an_http_json_seed_outside_int64_is_refused_before_the_model(tiny_server
             {"name": "seed", "datatype": "INT64", "shape": [1, 1], "data": [2**64 - 1]},
         ]
     }
-    before = _stats(tiny_server.grpc_url, MODEL)
+    before = _wait_bls_settled(tiny_server)
     request = urllib.request.Request(f"http://{tiny_server.http_url}/v2/models/{MODEL}/infer", data=json.dumps(body).encode(), method="POST")
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(request, timeout=30)
@@ -307,14 +326,16 @@ def test_an_http_json_seed_outside_int64_is_refused_before_the_model(tiny_server
 def test_a_cancelled_request_stops_consuming_teacher_steps(tiny_server, how):
     url = tiny_server.grpc_url
     steps = LIMITS["teacher_steps"].high  # 100 teacher calls if it ran to the end
+    cancelled = 'adaptive_requests_total{outcome="cancelled"}'
     client = grpcclient.InferenceServerClient(url)
     try:
-        before = _wait_settled(url, "unet_teacher")
-        cancelled_before = _scrape(tiny_server).get('adaptive_requests_total{outcome="cancelled"}', 0.0)
-        inputs = _request(["cancel me"], strategy="teacher_only", teacher_steps=int(steps))
+        before = _stats(url, "unet_teacher")
+        cancelled_before = _scrape(tiny_server).get(cancelled, 0.0)
+        # Eight rows, so that 100 steps take far longer than the 0.4 s deadline on any machine.
+        inputs = _request(["cancel me"] * 8, strategy="teacher_only", teacher_steps=int(steps))
         if how == "cancel":
             done, box, ctx = _async(client, inputs)
-            time.sleep(0.4)
+            _wait_teacher_busy(url, before)  # the request is at its teacher steps
             ctx.cancel()
             assert done.wait(30)
             assert "CANCELLED" in _status(box["error"])
@@ -322,11 +343,12 @@ def test_a_cancelled_request_stops_consuming_teacher_steps(tiny_server, how):
             with pytest.raises(InferenceServerException) as err:
                 client.infer(MODEL, inputs, client_timeout=0.4)
             assert "DEADLINE_EXCEEDED" in _status(err.value)
-        spent = _wait_settled(url, "unet_teacher")["success"] - before["success"]
         # The BLS checks request.is_cancelled() between denoising steps and gives up the batch: it
         # counts the request as cancelled (a request that ran to the end would count as a success).
+        _wait_for("the cancelled request's outcome", lambda: _scrape(tiny_server).get(cancelled, 0.0), lambda n: n >= cancelled_before + 1)
+        spent = _stats(url, "unet_teacher")["success"] - before["success"]
         assert spent < steps, f"all {steps} teacher steps ran after the client gave up"
-        assert _scrape(tiny_server)['adaptive_requests_total{outcome="cancelled"}'] == cancelled_before + 1
+        assert _scrape(tiny_server)[cancelled] == cancelled_before + 1
         _assert_good(client.infer(MODEL, _request(**FAST), outputs=_outputs()))
     finally:
         client.close()
@@ -396,7 +418,8 @@ def test_admin_grpc_calls_need_the_key_and_inference_does_not(tiny_server):
 
 
 def test_the_launcher_restricts_admin_apis_with_the_operators_key_or_a_random_one(tmp_path, monkeypatch):
-    from export.serve import ADMIN_KEY_ENV, RESTRICTED_APIS, TritonServer
+    from export.launcher.config import ADMIN_KEY_ENV, RESTRICTED_APIS
+    from export.launcher.process import TritonServer
 
     monkeypatch.delenv(ADMIN_KEY_ENV, raising=False)
     a, b = TritonServer(tmp_path), TritonServer(tmp_path)
@@ -418,7 +441,7 @@ def test_the_launcher_restricts_admin_apis_with_the_operators_key_or_a_random_on
 
 
 class _FakeServer:
-    """Stands in for TritonServer under ``export.serve.main``: one stub has died since ready."""
+    """Stands in for TritonServer under ``export.launcher.cli.main``: one stub has died since ready."""
 
     last: "_FakeServer"
     restricted_apis, admin_header, start_seconds, pid, http_url, grpc_url, metrics_url = ("trace",), "admin-key", 0.1, 1, "h", "g", "m"
@@ -453,7 +476,7 @@ class _FakeServer:
 
 @pytest.mark.parametrize("policy, events", [("restart", ["start", "ready", "restart", "stop"]), ("exit", ["start", "ready", "stop"])])
 def test_the_cli_restarts_or_exits_when_a_stub_dies(tmp_path, monkeypatch, capsys, policy, events):
-    from export import serve
+    from export.launcher import cli as serve
 
     monkeypatch.setattr(serve, "TritonServer", _FakeServer)
     code = serve.main(["--repository", str(tmp_path), "--on-stub-crash", policy])
@@ -528,25 +551,26 @@ def test_custom_metrics_count_a_known_sequence_of_requests(tiny_server):
     before = _scrape(tiny_server)
     _infer(url, _request(["a", "b", "c"], strategy="student_only", student_steps=2))
     _infer(url, _request(["d", "e"], strategy="teacher_only", teacher_steps=2))
-    _infer(url, _request(["f", "g"], tau=LIMITS["tau"].low, **FAST))  # every row clears the gate
-    _infer(url, _request(["h", "i"], tau=LIMITS["tau"].high, **FAST))  # every row is refined
+    # Three rows clear the gate and one is refined: a gate that sent the wrong side counts 1 and 3.
+    _infer(url, _request(["f", "g", "h"], tau=LIMITS["tau"].low, **FAST))  # every row clears the gate
+    _infer(url, _request(["i"], tau=LIMITS["tau"].high, **FAST))  # every row is refined
     _refused(url, _request(sigma=2.0))
     after = _scrape(tiny_server)
 
     def delta(name: str) -> float:
         return after.get(name, 0.0) - before.get(name, 0.0)
 
-    assert delta('adaptive_rows_total{route="student"}') == 3 + 2
+    assert delta('adaptive_rows_total{route="student"}') == 3 + 3
     assert delta('adaptive_rows_total{route="teacher"}') == 2
-    assert delta('adaptive_rows_total{route="refined"}') == 2
+    assert delta('adaptive_rows_total{route="refined"}') == 1
     assert delta('adaptive_rows_total{route="regenerated"}') == 0
-    assert delta("adaptive_teacher_rows_total") == 2 + 2
-    assert delta("adaptive_gated_rows_total") == 4 and delta("adaptive_accepted_rows_total") == 2
+    assert delta("adaptive_teacher_rows_total") == 2 + 1
+    assert delta("adaptive_gated_rows_total") == 4 and delta("adaptive_accepted_rows_total") == 3
     assert after["adaptive_accept_rate"] == pytest.approx(after["adaptive_accepted_rows_total"] / after["adaptive_gated_rows_total"])
     assert delta('adaptive_requests_total{outcome="success"}') == 4
     assert delta('adaptive_requests_total{outcome="invalid_arg"}') == 1
-    # student_only 3 x 2, teacher_only 2 x 2, accepted 2 x 2, refined 2 x (2 student + 2 teacher)
-    assert delta("adaptive_unet_steps_total") == 6 + 4 + 4 + 8
+    # student_only 3 x 2, teacher_only 2 x 2, accepted 3 x 2, refined 1 x (2 student + 2 teacher)
+    assert delta("adaptive_unet_steps_total") == 6 + 4 + 6 + 4
     # Per-stage latency histograms: one observation per pipeline batch that ran the stage.
     for stage, batches in {"text": 4, "student": 3, "reward": 4, "teacher": 2, "decode": 5}.items():
         assert delta(f'adaptive_stage_seconds_count{{stage="{stage}"}}') == batches, stage
@@ -583,6 +607,7 @@ class TritonPythonModel(_ort.TritonPythonModel):
         if mode == "raise":
             raise RuntimeError("injected fault")
         if mode.startswith("sleep:"):
+            open(self.flag + ".busy", "w").close()  # tells the test this call is under way
             time.sleep(float(mode.split(":", 1)[1]))
         return super().execute(requests)
 '''
@@ -590,21 +615,24 @@ COMPONENT_TIMEOUT_MS = 1000
 
 
 def write_fault_repository(source: Path, target: Path, flag: Path) -> Path:
-    """A copy of ``source`` whose unet_teacher fails on demand and honours BLS call timeouts."""
+    """A copy of ``source`` whose single unet_teacher instance fails on demand and honours BLS call timeouts."""
     shutil.copytree(source, target)
     teacher = target / "unet_teacher"
     (teacher / "1" / "model.py").rename(teacher / "1" / "ort_component.py")
     (teacher / "1" / "model.py").write_text(FAULT_MODEL)
-    config = (teacher / "config.pbtxt").read_text()
+    config = read_model_config(target, "unet_teacher")
     # Triton only applies a request's timeout on a model that allows overriding its queue policy;
     # the generated component configs must carry one for the BLS call timeouts to mean anything.
-    assert "allow_timeout_override: true" in config, "component configs lost their queue policy"
-    config += f'parameters {{ key: "fault_flag" value: {{ string_value: "{flag}" }} }}\n'
-    (teacher / "config.pbtxt").write_text(config)
-    bls = target / MODEL / "config.pbtxt"
-    text, n = re.subn(r'(key: "component_timeout_ms" value: \{ string_value: ")\d+(")', rf"\g<1>{COMPONENT_TIMEOUT_MS}\g<2>", bls.read_text())
-    assert n == 1, "the BLS config lost its component_timeout_ms parameter"
-    bls.write_text(text)
+    assert config.dynamic_batching.default_queue_policy.allow_timeout_override, "component configs lost their queue policy"
+    config.parameters["fault_flag"].string_value = str(flag)
+    # One teacher instance: a fault (or a sleep that fills the queue) then reaches every teacher call.
+    (group,) = config.instance_group
+    group.count = 1
+    write_config(target, config)
+    bls = read_model_config(target, MODEL)
+    assert "component_timeout_ms" in bls.parameters, "the BLS config lost its component_timeout_ms parameter"
+    bls.parameters["component_timeout_ms"].string_value = str(COMPONENT_TIMEOUT_MS)
+    write_config(target, bls)
     return target
 
 
@@ -654,7 +682,7 @@ def test_a_failing_component_fails_only_the_requests_that_reach_it_then_serving_
 
 
 @pytest.mark.server
-def test_a_component_call_that_waits_past_component_timeout_ms_is_unavailable_naming_it(fault_server, fault, deployment):
+def test_a_component_call_that_waits_past_component_timeout_ms_is_unavailable_naming_it(fault_server, fault, fault_flag, deployment):
     url = fault_server.grpc_url
     fault("sleep:3")
     spec = deployment.specs()["unet_teacher"]
@@ -663,13 +691,15 @@ def test_a_component_call_that_waits_past_component_timeout_ms_is_unavailable_na
         shape = [1, *(d for d in t.dims if d != BATCH)] if len(t.dims) > 1 else [1, 1]  # per-row scalars travel as [B, 1]
         direct.append(_tensor(t.name, np.zeros(shape, dtype=np.float32), "FP32"))
     client = grpcclient.InferenceServerClient(url)
+    busy = Path(str(fault_flag) + ".busy")
+    busy.unlink(missing_ok=True)
     occupied = threading.Thread(target=lambda: client.infer("unet_teacher", direct))
     occupied.start()  # the teacher sleeps 3 s on this call; the BLS's call waits in its queue
     try:
-        time.sleep(0.3)
-        start = time.monotonic()
+        _wait_for("the teacher to take the occupying call", busy.exists, bool)
         err = _refused(url, _request(**TEACHER))
-        assert time.monotonic() - start < 2.5, "the call waited for the teacher instead of timing out"
+        # Answered while the teacher still holds the occupying call: the BLS call gave up in the queue.
+        assert occupied.is_alive(), "the call waited for the teacher instead of timing out"
         assert "UNAVAILABLE" in _status(err)
         assert err.message().startswith("component unet_teacher:") and "timeout" in err.message().lower()
     finally:
@@ -689,7 +719,7 @@ def _stub(server, instance: str) -> tuple[int, str]:
 def test_a_killed_stub_gives_a_clear_error_and_a_launcher_restart_heals_it(fault_server):
     # Triton 2.51's Python backend does not restart a dead stub and still reports the model READY:
     # every request that reaches it fails until the server restarts (the launcher's watchdog does
-    # that: `python -m export.serve --on-stub-crash restart`, built on crashed_stubs()/restart()).
+    # that: `python -m export.launcher --on-stub-crash restart`, built on crashed_stubs()/restart()).
     url = fault_server.grpc_url
     assert fault_server.crashed_stubs() == []
     pid, region = _stub(fault_server, "unet_teacher_0_0")

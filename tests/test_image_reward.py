@@ -17,26 +17,11 @@ import torch
 import torch.nn.functional as F
 
 from bll_python.specs import image_reward_spec
-from export.image_reward import (
-    CHECKPOINT_NAME,
-    CLIP_MEAN,
-    CLIP_STD,
-    CONFIG_NAME,
-    IGNORED_ORIGINAL_KEYS,
-    MASK_VALUE,
-    TINY_CONFIG,
-    CheckpointError,
-    ImageRewardConfig,
-    ImageRewardScorer,
-    fold_mlp_head,
-    load_image_reward,
-    load_original_state_dict,
-    original_parameter_shapes,
-    rename_original_key,
-    reward_tokenizer,
-    tokenize_for_reward,
-    write_tiny_image_reward,
-)
+from bll_python.text import reward_tokenizer, tokenize_for_reward
+from export.checkpoints.presets import write_tiny_image_reward
+from export.models.image_reward import CLIP_MEAN, CLIP_STD, MASK_VALUE, ImageRewardScorer, load_image_reward, load_original_state_dict
+from export.models.image_reward_config import CHECKPOINT_NAME, CONFIG_NAME, TINY_CONFIG, ImageRewardConfig
+from export.models.image_reward_keys import IGNORED_ORIGINAL_KEYS, CheckpointError, fold_mlp_head, original_parameter_shapes, rename_original_key
 
 try:
     from tests.reference_image_reward import MLP, ReferenceImageReward, normalize_like_original
@@ -100,12 +85,9 @@ def test_tiny_checkpoint_has_exactly_the_original_architectures_keys_and_shapes(
     assert set(IGNORED_ORIGINAL_KEYS) <= set(tiny_state)
 
 
-def test_tiny_checkpoint_is_written_quickly(tmp_path: Path) -> None:
-    import time
-
-    start = time.perf_counter()
+def test_tiny_checkpoint_is_written_with_its_config(tmp_path: Path) -> None:
+    # How fast is for benchmarks to say, not for a test to assert.
     path = write_tiny_image_reward(tmp_path, seed=3)
-    assert time.perf_counter() - start < 2.0
     assert path == tmp_path / CHECKPOINT_NAME and (tmp_path / CONFIG_NAME).is_file()
     assert ImageRewardConfig.from_json(tmp_path / CONFIG_NAME) == TINY_CONFIG
 

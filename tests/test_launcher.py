@@ -1,12 +1,14 @@
-"""The tritonserver launcher (export/serve.py) against a throwaway one-model repository."""
+"""The tritonserver launcher (export/launcher/) against a throwaway one-model repository."""
 
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 import urllib.request
@@ -15,13 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.serve import (
-    SHM_DEFAULT_PREFIX,
-    SHM_DIR,
-    TritonServer,
-    perf_analyzer_command,
-    perf_analyzer_env,
-)
+from benchmarks.perf_analyzer import perf_analyzer_command, perf_analyzer_env
+from export.launcher.process import TritonServer
+from export.launcher.shm import SHM_DEFAULT_PREFIX, SHM_DIR
 from tests import triton_fixtures
 from tests.triton_fixtures import free_ports, running_server
 
@@ -110,6 +108,44 @@ def wait_exited_unreaped(pid: int, timeout: float) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"pid {pid} still running after {timeout}s")
+
+
+def read_until(proc: subprocess.Popen, prefix: str, timeout: float) -> str:
+    """The process's stdout up to the first line starting with ``prefix``.
+
+    A reader thread does the blocking reads, so a process that prints nothing (or hangs) fails
+    the test after ``timeout`` instead of hanging it.
+    """
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)  # EOF
+
+    threading.Thread(target=pump, daemon=True).start()
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise AssertionError(f"no line starting with {prefix!r} within {timeout:g}s; got:\n{''.join(seen)}") from None
+        if line is None:
+            raise AssertionError(f"stdout closed (exit status {proc.poll()}) before a line starting with {prefix!r}; got:\n{''.join(seen)}")
+        seen.append(line)
+        if line.startswith(prefix):
+            return "".join(seen)
+
+
+def test_read_until_gives_up_on_a_process_that_prints_nothing() -> None:
+    silent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        with pytest.raises(AssertionError, match="within 0.5s"):
+            read_until(silent, "Ctrl-C", timeout=0.5)
+    finally:
+        silent.kill()
+        silent.wait()
 
 
 def test_command_line_defaults(tmp_path: Path) -> None:
@@ -225,7 +261,7 @@ def test_running_server_retries_when_a_port_was_taken(echo_repo: Path, monkeypat
 
 
 def test_perf_analyzer_without_libb64_fails_with_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
-    from export import serve
+    from benchmarks import perf_analyzer as serve
 
     monkeypatch.setattr(serve, "_libb64_available", lambda env: False)
     with pytest.raises(RuntimeError, match="apt-get install -y libb64-0d"):
@@ -266,7 +302,7 @@ def test_perf_analyzer_measures_without_errors(shared_server: TritonServer, tmp_
 def test_cli_runs_in_foreground_until_sigterm(echo_repo: Path) -> None:
     http, grpc, metrics = free_ports(3)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "export.serve", "--repository", str(echo_repo),
+        [sys.executable, "-m", "export.launcher", "--repository", str(echo_repo),
          "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
@@ -274,13 +310,7 @@ def test_cli_runs_in_foreground_until_sigterm(echo_repo: Path) -> None:
         text=True,
     )
     try:
-        banner = []
-        deadline = time.monotonic() + 30
-        for line in proc.stdout:
-            banner.append(line)
-            if line.startswith("Ctrl-C") or time.monotonic() > deadline:
-                break
-        text = "".join(banner)
+        text = read_until(proc, "Ctrl-C", timeout=60)
         assert "tritonserver ready" in text, text
         assert f"http://127.0.0.1:{http}" in text and f"127.0.0.1:{grpc}" in text
         with urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/ready", timeout=5) as resp:
@@ -291,3 +321,42 @@ def test_cli_runs_in_foreground_until_sigterm(echo_repo: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# ---------------------------------------------------------------------------------------------
+# the served code is the tree under test
+
+
+def _bls_folder(root: Path) -> Path:
+    (root / "adaptive_diffusion" / "1").mkdir(parents=True)
+    return root
+
+
+def test_the_server_would_import_this_checkouts_bll_python(tmp_path: Path) -> None:
+    repository = _bls_folder(tmp_path)
+    assert triton_fixtures.served_package_dir(repository) == (REPO_ROOT / "bll_python").resolve()
+    triton_fixtures.assert_serves_tree_under_test(repository)
+
+
+def test_a_venv_that_imports_another_checkouts_bll_python_is_refused(tmp_path: Path) -> None:
+    repository = _bls_folder(tmp_path / "repository")
+    other = tmp_path / "other_checkout" / "bll_python"
+    other.mkdir(parents=True)
+    (other / "__init__.py").write_text("# someone else's code\n")
+    env = {**os.environ, "PYTHONPATH": str(other.parent)}
+    assert triton_fixtures.served_package_dir(repository, env=env) == other.resolve()
+    with pytest.raises(AssertionError, match="not from the tree under test"):
+        triton_fixtures.assert_serves_tree_under_test(repository, env=env)
+
+
+def test_a_copy_of_bll_python_in_the_model_folder_must_equal_the_tree(tmp_path: Path) -> None:
+    import shutil
+
+    repository = _bls_folder(tmp_path)
+    copy = repository / "adaptive_diffusion" / "1" / "bll_python"
+    shutil.copytree(REPO_ROOT / "bll_python", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert triton_fixtures.served_package_dir(repository) == copy.resolve()
+    triton_fixtures.assert_serves_tree_under_test(repository)
+    (copy / "settings.py").write_text((copy / "settings.py").read_text() + "\n# stale\n")
+    with pytest.raises(AssertionError, match=r"settings\.py"):
+        triton_fixtures.assert_serves_tree_under_test(repository)

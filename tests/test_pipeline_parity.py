@@ -9,6 +9,7 @@ Tolerances (float32 on CPU, torch engines vs diffusers' torch modules):
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -21,8 +22,8 @@ from diffusers import (
 )
 from transformers import CLIPTokenizer
 
-from bll_python.engines import CountingEngine, Engines
-from bll_python.pipeline import AdaptivePipeline, refine_schedule_length
+from bll_python.engines import Engines
+from bll_python.pipeline import refine_schedule_length
 from bll_python.settings import GenerationSettings, Route
 
 LATENT_ATOL = 1e-4
@@ -130,14 +131,6 @@ def test_refine_schedule_runs_exactly_teacher_steps():
             assert int((n - 1) * sigma) < steps  # and it is the shortest such schedule
 
 
-@torch.no_grad()
-def test_regenerate_equals_teacher_only_for_the_rejected_rows(torch_pipeline):
-    regen = torch_pipeline(PROMPTS, SEEDS, _settings(strategy="regenerate", tau=1e6))
-    teacher = torch_pipeline(PROMPTS, SEEDS, _settings(strategy="teacher_only"))
-    assert regen.routes == [Route.REGENERATED] * 4
-    assert _max_err(regen.latents, teacher.latents) < LATENT_ATOL
-
-
 class _OffByOneTimestep:
     def __init__(self, inner):
         self.inner, self.spec = inner, inner.spec
@@ -164,35 +157,20 @@ def test_tolerance_catches_a_wrong_timestep_or_a_missing_guidance_term(torch_pip
 
 
 @torch.no_grad()
-def test_onnxruntime_engines_equal_torch_engines_through_the_whole_pipeline(torch_pipeline, ort_pipeline):
+def test_onnxruntime_engines_equal_torch_engines_through_the_whole_pipeline(torch_pipeline, ort_pipeline, mixed_batch):
+    m = mixed_batch  # rows on both sides of tau: both routes of each strategy
     for strategy in ("refine", "regenerate"):
-        s = _settings(strategy=strategy, tau=float("0"))
-        a = torch_pipeline(PROMPTS, SEEDS, s)
-        b = ort_pipeline(PROMPTS, SEEDS, s)
-        assert a.routes == b.routes
+        s = replace(m.settings, strategy=strategy)
+        a = torch_pipeline(m.prompts, m.seeds, s)
+        b = ort_pipeline(m.prompts, m.seeds, s)
+        assert a.routes == b.routes and {r.value for r in a.routes} == {"student", "refined" if strategy == "refine" else "regenerated"}
         assert np.abs(a.scores - b.scores).max() < 1e-4
         err = _max_err(a.images_float, b.images_float)
         assert err < 1e-3, f"{strategy}: ORT vs torch images differ by {err:.2e}"
         assert np.abs(a.images.astype(int) - b.images.astype(int)).max() <= 1
 
 
-@torch.no_grad()
-def test_only_rows_scoring_below_tau_reach_the_teacher(torch_engines, deployment, torch_pipeline):
-    scores = torch_pipeline(PROMPTS, SEEDS, _settings(strategy="student_only")).scores
-    order = np.argsort(scores)
-    tau = float((scores[order[1]] + scores[order[2]]) / 2)  # two rows below, two above
-    teacher = CountingEngine(torch_engines.unet_teacher)
-    e = torch_engines
-    pipe = AdaptivePipeline(Engines(e.text_encoder, e.unet_student, teacher, e.vae_decoder, e.image_reward), deployment, torch_pipeline.tokenizers)
-    s = _settings(strategy="refine", tau=tau)
-    out = pipe(PROMPTS, SEEDS, s)
-    rejected = sorted(int(i) for i in order[:2])
-    assert out.teacher_rows == rejected
-    assert [r is Route.REFINED for r in out.routes] == [i in rejected for i in range(4)]
-    # CFG doubles the rows of each teacher call: 2 rejected rows -> batches of 4, one per step.
-    assert teacher.calls == [2 * len(rejected)] * s.teacher_steps
-    np.testing.assert_allclose(out.scores, scores, atol=1e-6)
-    assert [int(x) for x in out.unet_steps] == [s.student_steps + (s.teacher_steps if i in rejected else 0) for i in range(4)]
+# The gate on batches with rows on both sides of tau, against diffusers: tests/test_gate.py.
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""The served pipeline reproduces the in-process pipeline, over HTTP and gRPC, under concurrency.
+"""The served pipeline reproduces diffusers (and the in-process pipeline), over HTTP and gRPC, under concurrency.
 
 All tests share one real tritonserver (the ``tiny_server`` session fixture) on the tiny repository.
 """
@@ -14,14 +14,14 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from bll_python.settings import GenerationSettings, Route
+from bll_python.settings import GenerationSettings
 from clients.client import AdaptiveClient
+from tests import gate
 
 pytestmark = pytest.mark.server
 
-PROMPTS = ["a red fox in the snow", "an old lighthouse at dusk, oil painting", "a bowl of ramen", "two cats on a sofa", "a koi pond", "a knight in armor"]
-SEEDS = [3, 1, 4, 1, 5, 9]
-SETTINGS = dict(guidance_scale=7.5, student_steps=3, teacher_steps=4, sigma=0.7, strategy="refine")
+PROMPTS, SEEDS = gate.PROMPTS, gate.SEEDS
+SETTINGS = {k: v for k, v in gate.SETTINGS.as_dict().items() if v is not None}
 
 
 def _url(server, protocol: str) -> str:
@@ -37,40 +37,67 @@ def _teacher_stats(server) -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module")
-def tau(ort_pipeline) -> float:
-    """A cut-off with rows on both sides, so both routes are exercised."""
-    scores = ort_pipeline(PROMPTS, SEEDS, GenerationSettings(**{**SETTINGS, "strategy": "student_only"})).scores
-    return float(np.median(scores))
+def tau(mixed_batch) -> float:
+    """Two of the six rows score below it, four above (tests/gate.py)."""
+    return mixed_batch.tau
 
 
 @pytest.fixture(scope="module")
-def expected(ort_pipeline, tau):
-    return ort_pipeline(PROMPTS, SEEDS, GenerationSettings(**SETTINGS, tau=tau))
+def diffusers_mixed(mixed_batch, diffusers_reference) -> np.ndarray:
+    """diffusers' uint8 images for the mixed batch: the student's for accepted rows, img2img's for rejected ones."""
+    m, s = mixed_batch, mixed_batch.settings
+    images = diffusers_reference.student(m.prompts, m.seeds, s).uint8
+    refined = diffusers_reference.refine([m.prompts[i] for i in m.rejected], [m.seeds[i] for i in m.rejected], s).uint8
+    images[m.rejected] = refined
+    return images
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_served_images_equal_the_inprocess_pipeline_within_one_lsb(tiny_server, expected, tau, protocol):
-    with AdaptiveClient(_url(tiny_server, protocol), protocol) as client:
-        got = client.generate(PROMPTS, SEEDS, tau=tau, **SETTINGS)
-    assert [g.route for g in got] == [r.value for r in expected.routes]
-    assert {g.route for g in got} == {"student", "refined"}
-    assert [g.unet_steps for g in got] == expected.unet_steps.tolist()
-    np.testing.assert_allclose([g.score for g in got], expected.scores, atol=1e-5)
-    diff = max(int(np.abs(g.image.astype(int) - expected.images[i].astype(int)).max()) for i, g in enumerate(got))
-    assert diff <= 1, f"served image differs from in-process by {diff} LSB"
-    assert got[0].image.shape == expected.images[0].shape and got[0].image.dtype == np.uint8
-
-
-def test_only_rejected_rows_reach_unet_teacher_per_tritons_statistics(tiny_server, expected, tau):
+def test_a_served_mixed_batch_equals_diffusers_row_by_row_and_only_rejected_rows_reach_unet_teacher(tiny_server, mixed_batch, diffusers_mixed, protocol):
+    m = mixed_batch
     before = _teacher_stats(tiny_server)
-    with AdaptiveClient(tiny_server.grpc_url, "grpc") as client:
-        got = client.generate(PROMPTS, SEEDS, tau=tau, **SETTINGS)
+    with AdaptiveClient(_url(tiny_server, protocol), protocol) as client:
+        got = client.generate(PROMPTS, SEEDS, tau=m.tau, **SETTINGS)
     after = _teacher_stats(tiny_server)
-    rejected = sum(g.route == Route.REFINED.value for g in got)
-    assert 0 < rejected < len(PROMPTS)
-    # Every teacher step runs the rejected rows once, doubled for classifier-free guidance.
-    assert after[0] - before[0] == 2 * rejected * SETTINGS["teacher_steps"]
-    assert after[1] - before[1] == SETTINGS["teacher_steps"]
+    with AdaptiveClient(_url(tiny_server, protocol), protocol) as client:
+        student = client.generate(PROMPTS, SEEDS, **{**SETTINGS, "strategy": "student_only"})
+
+    assert [g.route for g in got] == ["refined" if i in m.rejected else "student" for i in range(len(PROMPTS))]
+    s = m.settings
+    assert [g.unet_steps for g in got] == [s.student_steps + (s.teacher_steps if i in m.rejected else 0) for i in range(len(PROMPTS))]
+    np.testing.assert_allclose([g.score for g in got], m.scores, atol=1e-5)
+    for i in m.accepted:
+        np.testing.assert_array_equal(got[i].image, student[i].image, err_msg=f"accepted row {i} is not the served student_only image")
+    for i, g in enumerate(got):
+        diff = int(np.abs(g.image.astype(int) - diffusers_mixed[i].astype(int)).max())
+        assert diff <= 1, f"row {i} ({g.route}): served image differs from diffusers' by {diff} LSB"
+    assert got[0].image.shape == diffusers_mixed[0].shape and got[0].image.dtype == np.uint8
+    # Triton's own count: every teacher step ran the rejected rows once, doubled for CFG.
+    assert after[0] - before[0] == 2 * len(m.rejected) * s.teacher_steps
+    assert after[1] - before[1] == s.teacher_steps
+
+
+def test_served_teacher_share_at_k_is_k_percent_of_the_calibration_prompts(tiny_server, deployment, calibration_prompts, calibration_scores):
+    """The served gate at k=25 on the very prompts and seeds tau was calibrated on: 25 % go to the teacher."""
+    from tests.test_calibration import percentile
+
+    k = 25.0
+    tau = percentile(calibration_scores, k)
+    expected = [s < tau for s in calibration_scores]
+    assert sum(expected) == round(k / 100 * len(calibration_scores)), "the recomputed scores put k % below the k-th percentile"
+    student = {f: deployment.calibration.settings[f] for f in ("guidance_scale", "student_steps")}
+    before = _teacher_stats(tiny_server)
+    routes = []
+    with AdaptiveClient(tiny_server.grpc_url, "grpc") as client:
+        for i in range(0, len(calibration_prompts), deployment.max_rows):
+            chunk = calibration_prompts[i : i + deployment.max_rows]
+            got = client.generate(chunk, list(range(i, i + len(chunk))), k=k, strategy="refine", teacher_steps=1, **student)
+            routes += [g.route for g in got]
+    teacher_rows = _teacher_stats(tiny_server)[0] - before[0]
+    assert [r == "refined" for r in routes] == expected
+    share = routes.count("refined") / len(routes)
+    assert abs(share - k / 100) <= 1 / len(routes), f"served teacher share {share:.0%} at k={k:g}"
+    assert teacher_rows == 2 * routes.count("refined"), "Triton's unet_teacher saw other rows than the refined ones"
 
 
 def test_student_only_requests_never_reach_the_teacher(tiny_server):
@@ -127,7 +154,7 @@ def test_a_bad_request_gets_invalid_arg_and_its_batch_neighbours_still_succeed(t
 
 
 def test_perf_analyzer_runs_against_adaptive_diffusion_with_zero_errors(tiny_server, tmp_path):
-    from export.serve import perf_analyzer_command, perf_analyzer_env
+    from benchmarks.perf_analyzer import perf_analyzer_command, perf_analyzer_env
 
     data = {"data": [{"prompt": {"content": [p], "shape": [1]}, "seed": {"content": [s], "shape": [1]}, "student_steps": {"content": [2], "shape": [1]}, "teacher_steps": {"content": [2], "shape": [1]}} for p, s in zip(PROMPTS, SEEDS)]}
     (tmp_path / "input.json").write_text(json.dumps(data))

@@ -11,34 +11,30 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-import sys
 import types
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from google.protobuf import text_format
 from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
-from polygraphy.backend.trt import NetworkFromOnnxPath, PostprocessNetwork
+from polygraphy.backend.trt import NetworkFromOnnxPath
 from polygraphy.exception import PolygraphyException
 from tritonclient.grpc import model_config_pb2 as mc
 
-from bll_python.layout import BLS_MODEL, assets_dir, model_dir, onnx_path, plan_path, version_dir
+from bll_python.layout import BLS_MODEL, assets_dir, model_dir, onnx_path, plan_path, read_server_args, version_dir
+from bll_python.precision import Tolerance
 from bll_python.specs import image_reward_spec, unet_spec, vae_decoder_spec
-from export.triton_repository import ORT_TEMPLATE, component_config
-from export.trt_build import FP32_RULES, KeepFp32, profile_shapes, repository_builds, tensorrt_unavailable_reason, trt_profile
-from export.trt_repository import (
-    MIN_CUDA_POOL_BYTES,
-    TRT_TEMPLATE,
-    Placement,
-    cuda_pool_bytes,
-    gpu_bls_config,
-    read_server_args,
-    teacher_share,
-    tensorrt_component_config,
-    write_tensorrt_repository,
-)
-from export.trt_validate import Tolerance, compare_runners, lint_onnx, validation_feeds, write_report
+from export.tensorrt.availability import tensorrt_unavailable_reason
+from export.tensorrt.lint import lint_onnx
+from export.tensorrt.plan import profile_shapes, repository_builds, trt_profile
+from export.tensorrt.precision import FP32_RULES
+from export.tensorrt.validate import compare_output, compare_runners, validation_feeds, write_report
+from export.triton.configs import component_config, gpu_bls_config, tensorrt_component_config
+from export.triton.model_files import ORT_TEMPLATE, TRT_TEMPLATE
+from export.triton.placement import Placement, teacher_share
+from export.triton.tensorrt import MIN_CUDA_POOL_BYTES, bls_instance_pool_bytes, cuda_pool_bytes, write_tensorrt_repository
 
 
 def _gpu_skip_reason() -> str | None:
@@ -63,8 +59,9 @@ def builds(tiny_repository, specs, tmp_path_factory):
     return repository_builds(tiny_repository, specs, target)
 
 
-def _parse(text: str) -> mc.ModelConfig:
-    return text_format.Parse(text, mc.ModelConfig())
+def _parse(config: str | mc.ModelConfig) -> mc.ModelConfig:
+    # The writers build ModelConfig protobufs; the files they write are parsed back the same way.
+    return config if isinstance(config, mc.ModelConfig) else text_format.Parse(config, mc.ModelConfig())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,26 +99,29 @@ def test_polygraphy_profile_carries_the_same_shapes(specs):
 # The build plan
 
 
-def test_build_plan_constructs_without_tensorrt_and_sets_fp16_cache_level_constraints(builds, tiny_repository, specs):
+def test_build_plan_is_a_strongly_typed_build_of_the_fp16_graph_with_cache_and_level(builds, tiny_repository, specs):
     assert set(builds) == set(specs)
     caches = set()
     for name, build in builds.items():
         config = build.config
-        assert config.fp16 is True
-        assert config.precision_constraints == "obey"
+        # The FP16 plan is in the graph: no precision flags, which a strongly typed network rejects
+        # and TensorRT 11 no longer has.
+        assert config.fp16 is False and config.precision_constraints is None
         assert config.builder_optimization_level == 3
+        assert config.profiling_verbosity is None, "None is Polygraphy's DETAILED: the engine inspector needs it"
         assert config.timing_cache_path == str(build.timing_cache)
         assert build.engine.timing_cache_path == str(build.timing_cache), "the cache is saved back after the build"
         assert config.profiles == [build.profile]
-        assert isinstance(build.network, PostprocessNetwork) and build.network._func is build.keep_fp32
-        parser = build.network._network
-        assert isinstance(parser, NetworkFromOnnxPath) and parser.path == str(onnx_path(tiny_repository, name))
-        assert build.save.path == str(build.plan) and build.plan.name == "model.plan"
-        assert build.keep_fp32.rules == FP32_RULES[name]
-        json.dumps(build.describe())
+        assert isinstance(build.network, NetworkFromOnnxPath) and build.network.strongly_typed is True
+        assert build.network.path == str(build.fp16_onnx) and build.onnx == onnx_path(tiny_repository, name)
+        assert build.plan.name == "model.plan"
+        assert build.rules == FP32_RULES[name]
+        assert json.loads(json.dumps(build.describe()))["strongly_typed"] is True
         caches.add(build.timing_cache)
     assert len(caches) == 1, "one persistent timing cache shared by all engines"
-    assert not next(iter(caches)).is_relative_to(builds["vae_decoder"].plan.parents[2]), "the cache is not served"
+    served = builds["vae_decoder"].plan.parents[2]
+    assert not next(iter(caches)).is_relative_to(served), "the cache is not served"
+    assert not builds["vae_decoder"].fp16_onnx.is_relative_to(served), "nor are the FP16 graphs"
     if importlib.util.find_spec("tensorrt") is None:
         assert "tensorrt" not in sys.modules
 
@@ -136,85 +136,15 @@ def test_calling_the_plan_without_tensorrt_raises_polygraphy_exception(builds, m
         build()
     # The bare Polygraphy chain fails the same way (the contract DESIGN.md records).
     with pytest.raises(PolygraphyException, match="tensorrt"):
-        build.save()
+        build.engine()
     assert not build.plan.exists()
 
 
-class _FakeTrt:
-    float32, float16, int32 = "float32", "float16", "int32"
-
-
-class _FakeLayer:
-    def __init__(self, name: str, type_name: str, dtype: str = "float32", input_dtype: str | None = None) -> None:
-        self.name = name
-        self.type = types.SimpleNamespace(name=type_name)
-        self.num_inputs = self.num_outputs = 1
-        self._in = types.SimpleNamespace(dtype=input_dtype or dtype)
-        self._out = types.SimpleNamespace(dtype=dtype, is_shape_tensor=dtype != "float32")
-        self.precision = None
-        self.output_types: dict[int, str] = {}
-
-    def get_input(self, i: int):
-        return self._in
-
-    def get_output(self, i: int):
-        return self._out
-
-    def set_output_type(self, i: int, dtype: str) -> None:
-        self.output_types[i] = dtype
-
-
-class _FakeNetwork:
-    def __init__(self, layers: list[_FakeLayer]) -> None:
-        self.layers = layers
-        self.num_layers = len(layers)
-
-    def get_layer(self, i: int) -> _FakeLayer:
-        return self.layers[i]
-
-
-# How TensorRT's ONNX parser types the nodes the rules are about; the rest are elementwise-like.
-_LAYER_TYPES = {"LayerNormalization": "NORMALIZATION", "InstanceNormalization": "NORMALIZATION", "Softmax": "SOFTMAX", "Constant": "CONSTANT", "Shape": "SHAPE"}
-
-
-def _network_like(path: Path) -> _FakeNetwork:
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    return _FakeNetwork([_FakeLayer(n.name, _LAYER_TYPES.get(n.op_type, n.op_type.upper())) for n in graph.node])
-
-
-def test_fp32_rules_pin_norms_softmax_timestep_embedding_and_reward_head(tiny_repository):
-    pinned = {}
-    for name, rules in FP32_RULES.items():
-        network = _network_like(onnx_path(tiny_repository, name))
-        KeepFp32(rules).apply(network, _FakeTrt)
-        pinned[name] = {l.name: l for l in network.layers if l.precision == "float32"}
-        norms = [l for l in network.layers if l.type.name == "NORMALIZATION"]
-        assert norms and all(l.name in pinned[name] for l in norms), f"{name}: every normalization runs in FP32"
-        assert not any(l.type.name in ("CONSTANT", "SHAPE") for l in pinned[name].values())
-    for name in ("text_encoder", "vae_decoder", "image_reward"):
-        assert any(l.type.name == "SOFTMAX" for l in pinned[name].values()), name
-    for name in UNETS:
-        assert not any(l.type.name == "SOFTMAX" for l in pinned[name].values()), "UNet softmax is left to fused attention"
-        sin = pinned[name]["/unet/time_proj/Sin"]
-        assert sin.output_types == {0: "float32"}, "the timestep embedding stays FP32 downstream"
-        assert "/unet/time_proj/Mul" in pinned[name]
-    head = [l for n, l in pinned["image_reward"].items() if n.startswith("/head/")]
-    assert head and all(l.output_types == {0: "float32"} for l in head)
-    assert "/Div_1" in pinned["image_reward"], "the score normalisation after the head"
-
-
-def test_fp32_rules_leave_integer_and_shape_layers_alone():
-    layers = [
-        _FakeLayer("/unet/time_proj/Gather_int", "GATHER", dtype="int32"),
-        _FakeLayer("/unet/time_proj/Mul_from_int", "ELEMENTWISE", input_dtype="int32"),
-        _FakeLayer("/unet/time_proj/Cast", "CAST"),
-        _FakeLayer("/norm1/ReduceMean", "REDUCE"),
-    ]
-    KeepFp32(FP32_RULES["unet_student"]).apply(_FakeNetwork(layers), _FakeTrt)
-    assert [l.precision for l in layers[:3]] == [None] * 3, "forcing FP32 on integer math or casts fails the build under 'obey'"
-    assert layers[3].precision == "float32", "a decomposed layer norm is caught by its scope"
+def test_the_fp16_graph_of_a_build_is_written_without_a_gpu(builds):
+    build = builds["unet_student"]
+    plan = build.write_fp16_graph()
+    assert build.fp16_onnx.is_file() and plan.onnx == build.fp16_onnx
+    assert "/unet/time_proj/Sin" in plan.selection.nodes and plan.island_tensors
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,7 +190,8 @@ def test_gpu_bls_config_keeps_tensors_on_the_gpu(deployment):
     assert params["FORCE_CPU_ONLY_INPUT_TENSORS"] == "no" and params["device"] == "cuda"
     (group,) = config.instance_group
     assert (group.kind, group.count, list(group.gpus)) == (mc.ModelInstanceGroup.KIND_GPU, 2, [1])
-    assert config.HasField("dynamic_batching")
+    # One request per execution, as on the CPU: components merge the concurrent instances' calls.
+    assert not config.HasField("dynamic_batching")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,23 +261,54 @@ def test_teacher_share_follows_the_accept_rate():
     assert teacher_share(1.0, 4, 10) == 0.0
     assert teacher_share(0.6, 4, 10) == pytest.approx(0.5)
     assert teacher_share(0.6, 4, 10, cost_ratio=2.0) == pytest.approx(8 / 12)
-    assert Placement.from_accept_rate(0.6, student_steps=4, teacher_steps=10, unet_instances=4) == Placement(unet_student=2, unet_teacher=2)
+    assert Placement.from_accept_rate(0.6, student_steps=4, teacher_steps=10, unet_instances=4) == Placement(unet_student=2, unet_teacher=2, bls=8)
     assert Placement.from_accept_rate(1.0, student_steps=4, teacher_steps=10, unet_instances=4).unet_teacher == 1, "the teacher keeps one instance"
     assert Placement.from_accept_rate(0.0, student_steps=1, teacher_steps=50, unet_instances=4).unet_student == 1, "so does the student"
     with pytest.raises(ValueError):
         teacher_share(1.5, 4, 10)
 
 
-def test_cuda_pool_fits_the_largest_component_call(specs):
-    assert cuda_pool_bytes(specs) == MIN_CUDA_POOL_BYTES, "the tiny preset fits the floor"
-    sd15 = {
-        "vae_decoder": vae_decoder_spec(latent_channels=4, latent_size=64, scale=8, max_batch=8),
-        "image_reward": image_reward_spec(image_size=512, text_len=35, max_batch=8),
-        "unet_teacher": unet_spec("unet_teacher", latent_channels=4, latent_size=64, seq_len=77, text_hidden=768, max_batch=16),
+def test_gpu_unets_wait_briefly_for_a_batch_of_their_profiles_opt_size(specs):
+    for name in ("unet_student", "unet_teacher"):
+        batching = _parse(tensorrt_component_config(specs[name])).dynamic_batching
+        assert list(batching.preferred_batch_size) == [specs[name].profile["B"].opt]
+        assert 0 < batching.max_queue_delay_microseconds <= 1000
+
+
+def _sd15_specs(rows: int = 8) -> dict:
+    from bll_python.specs import text_encoder_spec
+
+    latents = dict(latent_channels=4, latent_size=64, seq_len=77, text_hidden=768)
+    return {
+        "text_encoder": text_encoder_spec(seq_len=77, hidden=768, max_batch=2 * rows),
+        "unet_student": unet_spec("unet_student", max_batch=2 * rows, **latents),
+        "unet_teacher": unet_spec("unet_teacher", max_batch=2 * rows, **latents),
+        "vae_decoder": vae_decoder_spec(latent_channels=4, latent_size=64, scale=8, max_batch=rows),
+        "image_reward": image_reward_spec(image_size=512, text_len=35, max_batch=rows),
     }
-    one, four = cuda_pool_bytes(sd15, 1), cuda_pool_bytes(sd15, 4)
-    image_bytes = 8 * 3 * 512 * 512 * 4
-    assert four > one and four >= 4 * 2 * image_bytes and four % 2**26 == 0, "two calls in flight per BLS instance"
+
+
+def test_cuda_pool_holds_each_bls_instances_request_tensors_and_two_calls(specs):
+    assert cuda_pool_bytes(specs) == MIN_CUDA_POOL_BYTES, "the tiny preset fits the floor"
+    sd15 = _sd15_specs()
+    # Held for a whole request: CFG text embeddings [16, 77, 768], the student's and the teacher's
+    # decoded images [8, 3, 512, 512], the scores [8]; all FP32.
+    held = 16 * 77 * 768 * 4 + 2 * 8 * 3 * 512 * 512 * 4 + 8 * 4
+    # Largest call: the VAE decoder, latents [8, 4, 64, 64] in, image [8, 3, 512, 512] out.
+    largest = 8 * 4 * 64 * 64 * 4 + 8 * 3 * 512 * 512 * 4
+    assert bls_instance_pool_bytes(sd15) == held + 2 * largest
+    for instances in (1, 2, 4, 8):
+        pool = cuda_pool_bytes(sd15, instances)
+        assert pool >= instances * (held + 2 * largest) and pool % 2**26 == 0, f"{instances} BLS instances"
+    assert cuda_pool_bytes(sd15, 8) > cuda_pool_bytes(sd15, 4) > cuda_pool_bytes(sd15, 1)
+
+
+def test_repository_sizes_the_pool_for_its_bls_instance_count(tiny_repository, deployment, tmp_path):
+    target = tmp_path / "repository"
+    _fake_plans(tiny_repository, target, deployment.specs())
+    for bls in (1, 3):
+        written = write_tensorrt_repository(target, deployment, placement=Placement(bls=bls))
+        assert written.cuda_pool_bytes == cuda_pool_bytes(deployment.specs(), bls)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,6 +345,20 @@ def test_comparator_report_passes_identical_runtimes_and_catches_drift_and_overf
     assert report["components"]["vae_decoder"]["tolerance"]["atol"] > 0
 
 
+def test_relative_error_is_taken_against_the_fp32_reference():
+    tol = Tolerance(atol=0.0, rtol=0.6, why="test")
+    # Engine 1.0 where the reference says 2.0: 50 % off the reference (Polygraphy's comparator
+    # divides by the engine's output and would call it 100 %).
+    diff = compare_output(np.array([2.0, 10.0], np.float32), np.array([1.0, 10.0], np.float32), tol)
+    assert diff.max_reldiff == pytest.approx(0.5, rel=1e-5) and diff.passed
+    assert not compare_output(np.array([2.0]), np.array([1.0]), Tolerance(0.0, 0.4, "test")).passed
+    # An element passes when it is within either bound, fails only beyond both.
+    both = compare_output(np.array([0.0, 100.0]), np.array([0.01, 101.0]), Tolerance(0.02, 0.02, "test"))
+    assert both.passed and both.failing == 0
+    assert compare_output(np.array([0.0]), np.array([0.05]), Tolerance(0.02, 0.02, "test")).failing == 1
+    assert not compare_output(np.array([1.0]), np.array([np.inf]), Tolerance(1e9, 1e9, "test")).passed, "inf always fails"
+
+
 def test_onnx_graphs_pass_polygraphy_lint(tiny_repository, specs):
     for name, spec in specs.items():
         result = lint_onnx(onnx_path(tiny_repository, name), spec.input_shapes("opt"))
@@ -397,9 +373,9 @@ def test_onnx_graphs_pass_polygraphy_lint(tiny_repository, specs):
 @requires_gpu
 @pytest.mark.parametrize("component", ["text_encoder", "unet_student", "vae_decoder", "image_reward"])
 def test_fp16_engine_matches_onnxruntime(component, builds, specs, tiny_repository):
-    from export.trt_validate import validate_engine
+    from export.tensorrt.validate import validate_engine
 
     result = builds[component]()
-    assert result.plan.stat().st_size > 0 and result.fp32_layers, "the FP32 rules matched layers of the real network"
+    assert result.plan.stat().st_size > 0 and result.precision.passed, result.precision.summary()
     report = validate_engine(specs[component], onnx_path(tiny_repository, component), result.plan)
     assert report.passed, str(report)

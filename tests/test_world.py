@@ -132,7 +132,7 @@ def test_layouts_vary_but_always_satisfy_the_caption():
 def test_student_boundary_scalings_are_the_served_lcm_schedulers():
     from diffusers import LCMScheduler
 
-    from export.presets import SD15_SCHEDULE
+    from export.checkpoints.presets import SD15_SCHEDULE
     from export.world.student import boundary_scalings, ddim_grid
 
     scheduler = LCMScheduler.from_config(SD15_SCHEDULE)
@@ -155,7 +155,8 @@ def test_min_snr_weights_cap_the_easy_timesteps_only():
 
 
 def test_reward_is_written_in_the_original_layout_and_reads_back_through_the_loader(tmp_path):
-    from export.image_reward import CHECKPOINT_NAME, CONFIG_NAME, SCORE_MEAN, SCORE_STD, load_image_reward
+    from export.models.image_reward import SCORE_MEAN, SCORE_STD, load_image_reward
+    from export.models.image_reward_config import CHECKPOINT_NAME, CONFIG_NAME
     from export.world.config import RewardConfig
     from export.world.reward import TrainableImageReward, reward_config
 
@@ -205,7 +206,7 @@ def test_every_stage_runs_and_reports_its_wall_and_cpu_time(smoke_world):
 
 @pytest.mark.slow
 def test_smoke_checkpoints_load_through_the_real_checkpoint_loaders(smoke_world):
-    from export.sources import load_sources
+    from export.checkpoints.sources import load_sources
     from export.world.preset import shapes_sources
 
     root, _ = smoke_world

@@ -13,7 +13,8 @@ from clients.client import Generation
 
 @pytest.fixture(scope="module")
 def shapes_repository(tmp_path_factory):
-    from export.build import export_repository, read_prompts
+    from bll_python.prompts import read_prompts
+    from export.build import export_repository
     from export.world.config import CALIBRATION_FILE
     from export.world.preset import shapes_defaults, shapes_sources
 

@@ -22,8 +22,8 @@ from bll_python.pipeline import AdaptivePipeline
 from bll_python.settings import GenerationSettings, Strategy
 from bll_python.text import PromptTokenizers
 from export.build import make_deployment
-from export.sources import load_sources
-from export.tokenizers import ASSETS, BERT_VOCAB
+from export.checkpoints.sources import load_sources
+from export.checkpoints.tokenizers import ASSETS, BERT_VOCAB
 from export.world.config import CALIBRATION_FILE, CHECKPOINTS_DIR, HELDOUT_FILE
 from export.world.judge import judge
 from export.world.preset import shapes_defaults, shapes_sources

@@ -39,7 +39,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.out.resolve() == CHECKPOINTS_DIR.resolve():
         import shutil
 
-        from export.build import DEFAULT_ROOT, preset_repository
+        from export.build import preset_repository
+        from export.defaults import DEFAULT_ROOT
 
         # The preset's exported repository holds the old weights; the next use exports the new ones.
         shutil.rmtree(preset_repository("shapes", DEFAULT_ROOT), ignore_errors=True)
@@ -65,7 +66,7 @@ def _judge(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from export.build import read_prompts
+    from bll_python.prompts import read_prompts
     from export.world.evaluate import evaluate, format_table
     from export.world.training import configure_torch
 
@@ -78,7 +79,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     import shutil
 
-    from export.build import DEFAULT_ROOT, ensure_repository, preset_repository
+    from export.build import ensure_repository, preset_repository
+    from export.defaults import DEFAULT_ROOT
 
     if args.force:
         shutil.rmtree(preset_repository("shapes", DEFAULT_ROOT), ignore_errors=True)

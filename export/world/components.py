@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from export.presets import SD15_SCHEDULE
-from export.tokenizers import CLIP_MAX_LENGTH, write_clip_tokenizer
+from export.checkpoints.presets import SD15_SCHEDULE
+from export.checkpoints.tokenizers import CLIP_MAX_LENGTH, write_clip_tokenizer
 from export.world.config import TextConfig, UNetConfig
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bll_python.settings import GenerationSettings
-from export.sources import Sources
+from export.checkpoints.sources import Sources
 from export.world.config import CALIBRATION_FILE, CHECKPOINTS_DIR, ServingConfig
 
 STUDENT_KIND = "lcm"
@@ -44,7 +44,7 @@ def shapes_defaults(serving: ServingConfig | None = None) -> GenerationSettings:
 
 
 def calibration_prompts(path: Path = CALIBRATION_FILE) -> list[str]:
-    from export.build import read_prompts
+    from bll_python.prompts import read_prompts
 
     return read_prompts(path) * CALIBRATION_SEEDS_PER_PROMPT
 

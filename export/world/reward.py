@@ -10,7 +10,7 @@ Within a group, every two images the judge scores differently make a pair (bette
 are never mixed, so the reward cannot learn "renders beat generations".
 
 Reward (stage ``reward``). ImageReward's architecture (BLIP ViT, BERT cross-attending to it, the
-five-Linear MLP, ``export/image_reward.py``) at a small width, trained from scratch with
+five-Linear MLP, ``export/models/image_reward.py``) at a small width, trained from scratch with
 ImageReward's pairwise ranking loss ``-log sigmoid(r_better - r_worse)``. It learns what the judge
 prefers without ever calling it, and is written as ``ImageReward.pt`` in the original key layout,
 read back by the same loader as THUDM's checkpoint.
@@ -27,18 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from export.image_reward import (
-    CHECKPOINT_NAME,
-    CONFIG_NAME,
-    MLP_WIDTHS,
-    ImageRewardConfig,
-    ImageRewardScorer,
-    TextDims,
-    VisionDims,
-    load_image_reward,
-    original_parameter_shapes,
-    rename_original_key,
-)
+from export.models.image_reward import ImageRewardScorer, load_image_reward
+from export.models.image_reward_config import CHECKPOINT_NAME, CONFIG_NAME, ImageRewardConfig, TextDims, VisionDims
+from export.models.image_reward_keys import MLP_WIDTHS, original_parameter_shapes, rename_original_key
 from export.world.config import RewardConfig, WorldConfig
 from export.world.degrade import perturb, random_degradation
 from export.world.grammar import Caption, splits
@@ -232,8 +223,8 @@ def preference_pairs(rows: list[dict[str, Any]]) -> list[tuple[int, int]]:
 
 
 def _tokens(prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    from export.image_reward import reward_tokenizer, tokenize_for_reward
-    from export.tokenizers import ASSETS, BERT_VOCAB
+    from bll_python.text import reward_tokenizer, tokenize_for_reward
+    from export.checkpoints.tokenizers import ASSETS, BERT_VOCAB
 
     ids, mask = tokenize_for_reward(reward_tokenizer(Path(str(ASSETS / BERT_VOCAB))), prompts)
     return torch.from_numpy(ids).long(), torch.from_numpy(mask).long()
@@ -321,7 +312,7 @@ def train_reward(cfg: WorldConfig, work: Path, out: Path, *, resume: bool = True
         trained = model(_as_input(data["images"][probe]), ids[prompt], mask[prompt])
         served = loaded(_as_input(data["images"][probe]), ids[prompt].int(), mask[prompt].int())
     # The loader reports ImageReward's normalised score, (r - mean) / std; fp16 storage costs ~1e-3.
-    from export.image_reward import SCORE_MEAN, SCORE_STD
+    from export.models.image_reward import SCORE_MEAN, SCORE_STD
 
     reload_error = float(((trained - SCORE_MEAN) / SCORE_STD - served).abs().max())
     by_group = {

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from export.presets import SD15_SCHEDULE
+from export.checkpoints.presets import SD15_SCHEDULE
 from export.world.components import build_unet, noise_scheduler
 from export.world.config import WorldConfig
 from export.world.latents import load_latents

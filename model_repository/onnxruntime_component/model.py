@@ -1,7 +1,8 @@
 """Triton Python model that runs one component's ONNX graph with ONNX Runtime.
 
-Template: ``export`` copies it next to each component's ``model.onnx``. All requests of one
-execution (the dynamic batcher's batch) are concatenated and run as a single session call.
+Template: ``export.triton.onnxruntime`` copies it (and the ``bll_python`` it imports) next to each
+component's ``model.onnx``. All requests of one execution (the dynamic batcher's batch) are
+concatenated and run as a single session call.
 """
 
 import json

@@ -16,7 +16,7 @@ from bll_python.layout import assets_dir
 from bll_python.metrics import ServingMetrics
 from bll_python.pipeline import AdaptivePipeline
 from bll_python.serving import BatchRunner, error_status, parse_request
-from bll_python.triton_engines import triton_engines
+from bll_python.triton_engines import triton_engines, use_cuda_device
 
 
 def _error(exc):
@@ -37,6 +37,7 @@ class TritonPythonModel:
         device = params.get("device", "cpu")
         if device == "cuda":
             device = f"cuda:{args['model_instance_device_id']}"
+        use_cuda_device(device)
         engines = triton_engines(
             pb_utils,
             self.deployment.specs(),

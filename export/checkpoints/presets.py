@@ -6,16 +6,27 @@ reads them back through the same code a real SD1.5 / student / ImageReward check
 - ``tiny``: seconds to export; 16x16 latents, 128x128 images. The CI and ``make demo`` default.
 - ``small``: the real SD1.5 block structure at reduced width (UNet 64/128/256/256, 32x32
   latents), so component compute dominates the serving overhead as it does on a GPU.
+- ``shapes``: not random: the trained world's committed checkpoints (``export/world/``), with the
+  serving defaults it was trained for and its own calibration prompts (``preset_plan``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from export.tokenizers import write_clip_tokenizer
+from export.checkpoints.lora import LORA_FILE
+from export.checkpoints.sources import Sources
+from export.checkpoints.tokenizers import write_clip_tokenizer
+from export.models.image_reward_config import CHECKPOINT_NAME, CONFIG_NAME, TINY_CONFIG, ImageRewardConfig
+from export.models.image_reward_keys import BLIP_EMBED_DIM, MLP_PREFIX, original_parameter_shapes
+
+if TYPE_CHECKING:
+    from bll_python.settings import GenerationSettings
 
 # SD1.5's noise schedule; every scheduler of the teacher and the student derives from it.
 SD15_SCHEDULE = dict(
@@ -155,7 +166,6 @@ def write_lcm_student(directory: Path, preset: str = "tiny", seed: int = 200, ti
     return directory
 
 
-LORA_FILE = "pytorch_lora_weights.safetensors"
 # The layers LCM-LoRA / Hyper-SD / Flash adapt, trimmed to one of each kind: attention
 # projections (Linear), the transformer's 1x1 proj_in (Conv2d in SD1.5) and a resnet 3x3 conv.
 LORA_TARGETS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0", "proj_in", "resnets.0.conv1")
@@ -239,10 +249,48 @@ def write_student(kind: str, directory: Path, preset: str = "tiny", layout: str 
     raise ValueError(f"no tiny writer for student kind {kind!r}; choose one of {['cd', 'lcm', *LORA_LAYOUTS]}")
 
 
+def write_tiny_image_reward(directory: Path, seed: int = 0, config: ImageRewardConfig = TINY_CONFIG) -> Path:
+    """Write a random ``ImageReward.pt`` in the original key layout plus its ``ImageReward.config.json``.
+
+    The MLP keeps the real widths (H -> 1024 -> 128 -> 64 -> 16 -> 1) with H the tiny text width.
+    Weights are scaled so every part of the network moves the score (LayerNorm affines away from
+    1/0, Linear weights ~ 1/sqrt(fan_in)); the original's MLP init (std 1/(H+1), zero bias) would
+    make the score near-constant and hide mapping errors.
+    The checkpoint also carries the keys the real one has and the reward ignores.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen)
+
+    state: dict[str, torch.Tensor] = {}
+    for key, shape in original_parameter_shapes(config).items():
+        if len(shape) == 1:  # biases and LayerNorm affines
+            state[key] = (1.0 if key.endswith(".weight") else 0.0) + 0.1 * randn(*shape)
+        elif key.endswith(("cls_token", "pos_embed", "embeddings.weight")):  # embedding tables
+            state[key] = 0.5 * randn(*shape)
+        else:  # Linear / patch-conv weights
+            # The MLP's 0.7 per layer keeps the score's spread ~0.2 on LayerNorm'd features, where
+            # float32 rounding of the unfolded head stays well under the 1e-6 folding budget.
+            gain = 0.7 if key.startswith(MLP_PREFIX) else 1.0
+            state[key] = gain * randn(*shape) / math.sqrt(math.prod(shape[1:]))
+    t, v = config.text, config.vision
+    state["blip.text_encoder.embeddings.position_ids"] = torch.arange(t.max_position_embeddings).expand(1, -1).clone()
+    state["blip.vision_proj.weight"] = randn(BLIP_EMBED_DIM, v.hidden_size) / math.sqrt(v.hidden_size)
+    state["blip.vision_proj.bias"] = torch.zeros(BLIP_EMBED_DIM)
+    state["blip.text_proj.weight"] = randn(BLIP_EMBED_DIM, t.hidden_size) / math.sqrt(t.hidden_size)
+    state["blip.text_proj.bias"] = torch.zeros(BLIP_EMBED_DIM)
+
+    path = directory / CHECKPOINT_NAME
+    torch.save(state, path)
+    config.to_json(directory / CONFIG_NAME)
+    return path
+
+
 def write_preset(root: Path, preset: str = "tiny") -> dict[str, Path]:
     """Write teacher, student and ImageReward checkpoints under ``root``; return their paths."""
-    from export.image_reward import CONFIG_NAME, write_tiny_image_reward
-
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     root.mkdir(parents=True, exist_ok=True)
@@ -253,3 +301,55 @@ def write_preset(root: Path, preset: str = "tiny") -> dict[str, Path]:
         "reward": reward,
         "reward_config": reward.with_name(CONFIG_NAME),
     }
+
+
+# Presets whose checkpoints are trained and committed rather than written at random, and the one
+# student kind each was trained as.
+TRAINED_PRESETS = {"shapes": "lcm"}
+
+
+def preset_student_kind(preset: str) -> str:
+    """The student kind a preset exports when none is asked for: ``cd``, or the kind a trained preset was distilled as."""
+    return TRAINED_PRESETS.get(preset, "cd")
+
+
+def preset_sources(preset: str, root: Path, student_kind: str | None = None) -> Sources:
+    """The preset's checkpoints (written under ``root`` unless trained), the student of ``student_kind``, as export sources."""
+    student_kind = student_kind or preset_student_kind(preset)
+    if preset in TRAINED_PRESETS:
+        if student_kind != TRAINED_PRESETS[preset]:
+            raise ValueError(f"preset {preset!r} has one trained student, of kind {TRAINED_PRESETS[preset]!r}; got student kind {student_kind!r}")
+        from export.world.preset import shapes_sources
+
+        return shapes_sources()
+    paths = write_preset(root, preset)
+    student = paths["student"] if student_kind == "cd" else write_student(student_kind, root / f"student-{student_kind}", preset)
+    return Sources(teacher=paths["teacher"], student=student, student_kind=student_kind, reward=paths["reward"], reward_config=paths["reward_config"])
+
+
+@dataclass(frozen=True)
+class PresetPlan:
+    """What ``export_repository`` takes for a preset: its sources, serving defaults and tau's calibration prompts.
+
+    ``defaults`` None means the student kind's own; ``calibration_prompts`` None means no calibration.
+    """
+
+    sources: Sources
+    defaults: "GenerationSettings | None"
+    calibration_prompts: list[str] | None
+
+
+def preset_plan(preset: str, root: Path, *, calibration_prompts: int | None = None, student_kind: str | None = None) -> PresetPlan:
+    """The export plan of ``preset``: random-weight presets calibrate on the first ``calibration_prompts``
+    generic held-out prompts; a trained preset on its own calibration file, with the defaults it was trained for."""
+    sources = preset_sources(preset, root, student_kind)
+    if preset in TRAINED_PRESETS:
+        from export.world.preset import calibration_prompts as world_prompts
+        from export.world.preset import shapes_defaults
+
+        return PresetPlan(sources, shapes_defaults(), world_prompts())
+    from bll_python.prompts import read_prompts
+    from export.defaults import CALIBRATION_PROMPTS
+
+    prompts = read_prompts(CALIBRATION_PROMPTS)[:calibration_prompts] if CALIBRATION_PROMPTS.is_file() else None
+    return PresetPlan(sources, None, prompts or None)

@@ -15,16 +15,10 @@ from typing import Any
 from torch import nn
 
 from bll_python.deployment import SchedulerRecipe
-from export import wrappers
-from export.students import (
-    SourceError,
-    StudentKind,
-    apply_sampler_overrides,
-    check_sampler_overrides,
-    load_unet_folder,
-    student_kind,
-    teacher_recipe,
-)
+from export.checkpoints.errors import SourceError
+from export.checkpoints.students import StudentKind, apply_sampler_overrides, check_sampler_overrides, student_kind, teacher_recipe
+from export.checkpoints.unet import load_unet_folder
+from export.models.wrappers import export_modules
 
 TEACHER_PARTS = ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -44,13 +38,14 @@ class Sources:
 class LoadedModels:
     """The five exportable modules plus what serving needs to know about them."""
 
-    modules: dict[str, nn.Module]  # component name -> spec-ordered wrapper
+    modules: dict[str, nn.Module]  # component name -> its export wrapper (takes the spec's inputs in order)
     tokenizer_dir: Path
     teacher_scheduler: SchedulerRecipe
     student_scheduler: SchedulerRecipe
     kind: StudentKind
     dims: dict[str, Any]
-    # The raw diffusers/transformers objects, for building reference diffusers pipelines.
+    # The loaded checkpoint parts (diffusers/transformers objects, the scorer) by the records' ``source``
+    # names, plus the teacher's noise schedule; also what reference diffusers pipelines are built from.
     raw: dict[str, Any]
 
 
@@ -116,7 +111,7 @@ def _check_student_fits(student: nn.Module, teacher: nn.Module) -> None:
 
 
 def load_sources(sources: Sources) -> LoadedModels:
-    from export.image_reward import CheckpointError, load_image_reward
+    from export.models.image_reward import CheckpointError, load_image_reward
 
     kind = student_kind(sources.student_kind)
     _check_paths(sources, kind)
@@ -137,19 +132,13 @@ def load_sources(sources: Sources) -> LoadedModels:
         vae_scale=2 ** (len(vae.config.block_out_channels) - 1),
         timestep_cond_dim=student_unet.config.time_cond_proj_dim,
     )
-    modules = {
-        "text_encoder": wrappers.TextEncoder(clip),
-        "unet_student": wrappers.UNet(student_unet),
-        "unet_teacher": wrappers.UNet(unet),
-        "vae_decoder": wrappers.VaeDecoder(vae),
-        "image_reward": reward,
-    }
+    raw = {"text_encoder": clip, "unet_teacher": unet, "unet_student": student_unet, "vae": vae, "image_reward": reward, "schedule": teacher["schedule"]}
     return LoadedModels(
-        modules={k: m.eval() for k, m in modules.items()},
+        modules=export_modules(raw),
         tokenizer_dir=teacher["tokenizer_dir"],
         teacher_scheduler=teacher_recipe(teacher["schedule"]),
         student_scheduler=student_scheduler,
         kind=kind,
         dims=dims,
-        raw={"text_encoder": clip, "unet_teacher": unet, "unet_student": student_unet, "vae": vae, "schedule": teacher["schedule"]},
+        raw=raw,
     )

@@ -1,4 +1,10 @@
-"""Student samples scored by ImageReward, generated exactly as the server would generate them."""
+"""Calibrating the gate: student samples scored by ImageReward, generated exactly as the server would.
+
+``tau`` for percentile k is the k-th percentile of these scores (Algorithm 1's calibration). The
+export stores all percentiles k = 0..100 in the manifest; ``benchmarks.calibrate`` recalibrates a
+repository and measures how stable tau is. Prompt i gets seed ``first_seed + i``, so both agree on
+the same prompts.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from bll_python.deployment import Calibration
 from bll_python.pipeline import AdaptivePipeline
 from bll_python.settings import GenerationSettings, Strategy
+
+Progress = Callable[[int, int], None]  # (samples scored, samples wanted)
 
 
 def student_settings(defaults: GenerationSettings) -> GenerationSettings:
@@ -31,15 +40,13 @@ def score_student_samples(
     pipe: AdaptivePipeline,
     prompts: Sequence[str],
     *,
+    defaults: GenerationSettings | None = None,
     batch: int = 8,
     first_seed: int = 0,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> ScoredSamples:
-    """ImageReward of the student sample of each prompt; prompt i gets seed ``first_seed + i``.
-
-    The seed convention is ``export.build.calibrate``'s, so both calibrations agree on the same prompts.
-    """
-    settings = student_settings(pipe.deployment.defaults)
+    """ImageReward of the student sample of each prompt, with ``defaults`` (the pipeline's) gate off."""
+    settings = student_settings(defaults or pipe.deployment.defaults)
     scores: list[float] = []
     start = time.perf_counter()
     for i in range(0, len(prompts), batch):
@@ -54,3 +61,17 @@ def score_student_samples(
 def percentiles(scores: np.ndarray) -> list[float]:
     """Percentiles k = 0..100 (numpy's linear interpolation), as ``Calibration.percentiles`` stores them."""
     return np.percentile(np.asarray(scores, dtype=np.float64), np.arange(101)).tolist()
+
+
+def calibrate(
+    pipe: AdaptivePipeline,
+    prompts: Sequence[str],
+    *,
+    defaults: GenerationSettings | None = None,
+    batch: int = 8,
+    progress: Progress | None = None,
+) -> tuple[Calibration, ScoredSamples]:
+    """The calibration of ``pipe`` on ``prompts``, and the scored samples it came from."""
+    settings = student_settings(defaults or pipe.deployment.defaults)
+    samples = score_student_samples(pipe, prompts, defaults=settings, batch=batch, progress=progress)
+    return Calibration(percentiles=percentiles(samples.scores), prompts=len(prompts), settings=settings.as_dict()), samples

@@ -1,0 +1,5 @@
+"""``python -m export.tensorrt``: see :mod:`export.tensorrt.cli`."""
+
+from export.tensorrt.cli import main
+
+raise SystemExit(main())
