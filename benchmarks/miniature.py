@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from export.build import repository_or_preset
     from export.world.grammar import parse
     from export.world.judge import judge
-    from tests.triton_fixtures import running_server
+    from clients.server_process import ServerProcess
 
     repository, label = repository_or_preset(args.repository, "shapes")
     prompts = read_prompts(args.prompts)
@@ -100,7 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     machine = machine_info()
     modes = miniature_modes(defaults.teacher_steps, args.teacher_sweep, args.ks)
     results = []
-    with running_server(repository) as server:
+    out = args.out or RESULTS / label
+    out.mkdir(parents=True, exist_ok=True)
+    with ServerProcess(repository, log=out / "server.log") as server:
         for mode in modes:
             result = run_mode(
                 mode, server.grpc_url, prompts, concurrency=args.concurrency, judge=judge, reward=reward, family=lambda p: parse(p).family, cpu_seconds=lambda: tree_cpu_seconds(server.pid)
@@ -117,8 +119,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         agreements.append(agreement("student samples (what the gate ranks)", student.reward, student.fidelity))
     agreements.append(agreement("all final images, all modes", np.concatenate([r.reward for r in results]), np.concatenate([r.fidelity for r in results])))
 
-    out = args.out or RESULTS / label
-    out.mkdir(parents=True, exist_ok=True)
     settings = defaults.as_dict()
     write_csv(out / "miniature.csv", [r.as_dict() for r in rows])
     summary = {
