@@ -255,3 +255,34 @@ def test_finished_stages_are_skipped_and_a_stopped_stage_resumes_from_its_snapsh
     monkeypatch.setattr(vae_stage, "progress", lambda total, initial, desc, enabled: starts.append(initial) or real_progress(total, initial, desc, False))
     report = vae_stage.train_vae(cfg, work, root / "resume-out", threads=1, show=False)
     assert starts == [1] and report["steps"] == 4 and not (work / "vae" / "state.pt").exists()
+
+
+# ----------------------------------------------------------------------------------------- the preset
+
+
+def test_the_shapes_preset_plan_is_the_committed_checkpoints_with_the_trained_defaults(tmp_path):
+    from export.checkpoints.presets import preset_plan, preset_student_kind
+    from export.world.config import CHECKPOINTS_DIR, ServingConfig
+    from export.world.preset import CALIBRATION_SEEDS_PER_PROMPT
+
+    plan = preset_plan("shapes", tmp_path)
+    assert preset_student_kind("shapes") == "lcm" and preset_student_kind("tiny") == "cd"
+    assert plan.sources.student_kind == "lcm" and plan.sources.teacher == CHECKPOINTS_DIR / "teacher"
+    assert plan.sources.reward == CHECKPOINTS_DIR / "reward" / "ImageReward.pt"
+    s = ServingConfig()
+    assert (plan.defaults.student_steps, plan.defaults.teacher_steps, plan.defaults.guidance_scale, plan.defaults.sigma) == (s.student_steps, s.teacher_steps, s.guidance_scale, s.sigma)
+    calibration = CALIBRATION_FILE.read_text().split("\n")
+    assert len(plan.calibration_prompts) == CALIBRATION_SEEDS_PER_PROMPT * len(splits().calibration)
+    assert set(plan.calibration_prompts) == {c.text for c in splits().calibration} and plan.calibration_prompts[0] in calibration
+    assert not any(tmp_path.iterdir())  # nothing written: the trained preset's checkpoints are the committed ones
+
+
+def test_the_shapes_preset_has_one_student_and_the_cli_says_so(tmp_path, capsys):
+    from export.checkpoints.presets import preset_sources
+    from export.cli import main
+
+    with pytest.raises(ValueError, match="'lcm'"):
+        preset_sources("shapes", tmp_path, "cd")
+    assert main(["--preset", "shapes", "--student-kind", "cd", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "--student-kind" in err and "'lcm'" in err and not (tmp_path / "out").exists()
