@@ -6,6 +6,7 @@
     python -m export.world judge                    # the judge's accuracy on clean and degraded renders
     python -m export.world export [--force]         # the shapes preset's model repository (artifacts/shapes/)
     python -m export.world evaluate --guidance 2 4 6 # judge fidelity per setting, on calibration prompts
+    python -m export.world report                   # components' sizes and each stage's wall / CPU time (Markdown)
 
 Stages and their outputs: vae -> latents -> teacher -> student -> pairs -> reward; the weights go to
 ``export/world/checkpoints/`` (``--out``), working state to ``artifacts/world/work/`` (``--work``).
@@ -100,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     judge = sub.add_parser("judge", help="the judge's accuracy on faithful and unfaithful renders, clean and degraded")
     judge.add_argument("--save", type=Path, help="also write the results as JSON")
     sub.add_parser("prompts", help="write the held-out and calibration prompt files")
+    rep = sub.add_parser("report", help="the components' sizes and each training stage's wall and CPU time, as Markdown")
     ev = sub.add_parser("evaluate", help="judge fidelity of teacher / student samples over a grid of settings (calibration prompts)")
     ev.add_argument("--guidance", nargs="+", type=float, default=[4.0])
     ev.add_argument("--teacher-steps", nargs="+", type=int, default=[20])
@@ -108,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ev.add_argument("--threads", type=int, default=2)
     export = sub.add_parser("export", help="export the committed checkpoints as the shapes preset's model repository")
     export.add_argument("--force", action="store_true", help="export again even if the repository exists")
-    for sp in (train, judge, ev):
+    for sp in (train, judge, ev, rep):
         sp.add_argument("--out", type=Path, default=CHECKPOINTS_DIR, help=f"checkpoints (default {CHECKPOINTS_DIR})")
         sp.add_argument("--work", type=Path, default=WORK_DIR, help=f"working state (default {WORK_DIR})")
     args = p.parse_args(argv)
@@ -120,6 +122,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _export(args)
     if args.command == "evaluate":
         return _evaluate(args)
+    if args.command == "report":
+        from export.world.report import markdown
+
+        print(markdown(args.out))
+        return 0
     for path in write_prompt_files():
         print(f"wrote {path}")
     return 0

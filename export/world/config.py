@@ -84,10 +84,10 @@ class RewardConfig:
     text_hidden: int = 64
     text_layers: int = 2
     heads: int = 4
-    prompts: int = 200  # training prompts sampled by student and teacher for preference pairs
-    render_prompts: int = 1326  # training prompts rendered right and wrong (renders are cheap: all of them)
+    prompts: int = 100  # training prompts sampled by student and teacher for preference pairs
+    render_prompts: int = 600  # training prompts rendered right and wrong
     renders_per_prompt: int = 2  # wrong-attribute renders beside each right one
-    steps: int = 600
+    steps: int = 300
     batch: int = 32
     lr: float = 3e-4
 
