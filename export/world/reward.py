@@ -108,11 +108,12 @@ def pairs_file(work: Path) -> Path:
 
 
 def _distinct_captions(n: int, seed: int) -> list[Caption]:
-    sampler = CaptionSampler(splits().train, np.random.default_rng([seed, 5]))
+    train = splits().train
+    sampler = CaptionSampler(train, np.random.default_rng([seed, 5]))
     seen: dict[str, Caption] = {}
     for caption in sampler:
         seen.setdefault(caption.text, caption)
-        if len(seen) == n or len(seen) == len(splits().train):
+        if len(seen) == n or len(seen) == len(train):
             return list(seen.values())
     raise AssertionError("unreachable")
 
