@@ -102,9 +102,14 @@ def _check_paths(sources: Sources, kind: StudentKind) -> None:
     check_sampler_overrides(kind, sources.sampler_overrides)
 
 
+# What the student must share with the teacher: the text encoder's states it attends to, and the
+# latents the VAE decodes. ``sample_size`` is deliberately absent: it is only a UNet's default
+# resolution (LCM_Dreamshaper_v7 says 96 over SD1.5's 64) and the served size comes from the teacher.
+STUDENT_MUST_MATCH = ("cross_attention_dim", "in_channels", "out_channels")
+
+
 def _check_student_fits(student: nn.Module, teacher: nn.Module) -> None:
-    # The two UNets share the text encoder, the latents and the VAE.
-    for attr in ("cross_attention_dim", "in_channels", "out_channels", "sample_size"):
+    for attr in STUDENT_MUST_MATCH:
         got, want = getattr(student.config, attr), getattr(teacher.config, attr)
         if got != want:
             raise SourceError(f"student: {attr} {got} does not match the teacher's {want}")
