@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from export.checkpoints.errors import SourceError
+from export.checkpoints.samplers import DEFAULT_TEACHER_SAMPLER, TEACHER_SAMPLERS, teacher_sampler
 from export.checkpoints.students import STUDENT_KINDS, StudentKind, check_sampler_overrides, student_kind
 from export.defaults import CALIBRATION_PROMPTS, DEFAULT_MAX_ROWS, DEFAULT_ROOT, PRESET_CALIBRATION_PROMPTS, PRESET_NAMES
 
@@ -70,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--sigma", type=float, metavar="S", help="refinement rollback strength in (0, 1]")
     d.add_argument("--k", type=float, metavar="K", help="default percentile for tau (0..100)")
     d.add_argument("--eta", type=float, metavar="ETA", help="TCD stochasticity in [0, 1] (hyper-sd only; default 0.3)")
+    d.add_argument(
+        "--teacher-sampler",
+        metavar="NAME",
+        default=DEFAULT_TEACHER_SAMPLER,
+        help=f"the teacher's solver, one of: {', '.join(TEACHER_SAMPLERS)} (default {DEFAULT_TEACHER_SAMPLER}; see export/CHECKPOINTS.md)",
+    )
 
     c = p.add_argument_group("tau calibration")
     c.add_argument("--calibration-prompts", metavar="FILE", help="held-out prompts, one a line (default: benchmarks/prompts/heldout.txt)")
@@ -133,7 +140,9 @@ def _real_sources(args: argparse.Namespace, kind: StudentKind, overrides: dict[s
         reward_config = Path(args.reward_config).expanduser()
         if not reward_config.is_file():
             raise SourceError(f"--reward-config: {reward_config} does not exist")
-    return Sources(teacher=teacher, student=student, student_kind=kind.name, reward=reward, reward_config=reward_config, sampler_overrides=overrides)
+    return Sources(
+        teacher=teacher, student=student, student_kind=kind.name, reward=reward, reward_config=reward_config, sampler_overrides=overrides, teacher_sampler=args.teacher_sampler
+    )
 
 
 def _prepare_out(out: Path, force: bool) -> bool:
@@ -173,6 +182,7 @@ def _quiet_libraries(enabled: bool) -> Iterator[None]:
 def _report(summary: Any, out: Path) -> str:
     from bll_python.deployment import Deployment
     from bll_python.layout import assets_dir
+    from export.checkpoints.samplers import describe
 
     dep = Deployment.load(assets_dir(out))
     kind = STUDENT_KINDS[dep.student_kind]
@@ -184,7 +194,7 @@ def _report(summary: Any, out: Path) -> str:
         str(summary),
         f"  student kind  {kind.name}: {kind.description}",
         f"  sampler       {sched.cls}(timestep_spacing={sched.config.get('timestep_spacing')!r}){'  step(' + step + ')' if step else ''}; {cfg}",
-        f"  teacher       {dep.teacher_scheduler.cls}({dep.teacher_scheduler.config.get('algorithm_type')}, order {dep.teacher_scheduler.config.get('solver_order')})",
+        f"  teacher       {describe(dep.teacher_scheduler)}",
         f"  defaults      student_steps={d.student_steps} teacher_steps={d.teacher_steps} guidance_scale={d.guidance_scale:g} sigma={d.sigma:g} strategy={d.strategy.value}",
     ]
     if dep.calibration is not None:
@@ -202,6 +212,9 @@ def _kinds_table() -> str:
     rows = []
     for kind in STUDENT_KINDS.values():
         rows.append(f"{kind.name:<9} {kind.description}\n          defaults {kind.defaults}; source: {kind.source}")
+    rows.append("\nteacher samplers (--teacher-sampler):")
+    for sampler in TEACHER_SAMPLERS.values():
+        rows.append(f"{sampler.name:<9} {sampler.cls}: {sampler.description}; source: {sampler.source}")
     return "\n".join(rows)
 
 
@@ -223,12 +236,15 @@ def run(args: argparse.Namespace) -> int:
     if args.max_rows is not None and args.max_rows < 1:
         raise UsageError(f"--max-rows: got {args.max_rows}; expected 1 or more")
     overrides = check_sampler_overrides(kind, {"eta": args.eta} if args.eta is not None else {})
+    teacher_sampler(args.teacher_sampler)
     defaults = _defaults(kind, args)
     prompts = _calibration_prompts(args)
 
     from export.build import checkpoint_dir, export_repository
 
     name = args.name or ((args.preset if kind.name == "cd" else f"{args.preset}-{kind.name}") if args.preset else kind.name)
+    if not args.name and args.teacher_sampler != DEFAULT_TEACHER_SAMPLER:
+        name = f"{name}-{args.teacher_sampler}"  # another teacher is another export
     out = Path(args.out).expanduser() if args.out else Path(DEFAULT_ROOT) / name / "repository"
     if _prepare_out(out, args.force) and not args.force:
         if args.preset:
@@ -245,6 +261,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"writing the {args.preset} preset's random-weight checkpoints ({kind.name} student) ...", file=sys.stderr)
             sources = preset_sources(args.preset, checkpoint_dir(out), kind.name)
             sources.sampler_overrides = overrides
+            sources.teacher_sampler = args.teacher_sampler
         else:
             sources = _real_sources(args, kind, overrides)
         if progress:

@@ -35,6 +35,9 @@ SD15_SCHEDULE = dict(
 VAE_SCALING_FACTOR = 0.18215
 
 
+UNET_LAYERS_PER_BLOCK = 1
+
+
 @dataclass(frozen=True)
 class PresetConfig:
     unet_channels: tuple[int, ...]
@@ -62,7 +65,7 @@ def _unet(cfg: PresetConfig, seed: int, time_cond_proj_dim: int | None = None):
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
         block_out_channels=cfg.unet_channels,
-        layers_per_block=1,
+        layers_per_block=UNET_LAYERS_PER_BLOCK,
         cross_attention_dim=cfg.text_hidden,
         attention_head_dim=cfg.unet_heads,
         norm_num_groups=32,
@@ -165,6 +168,7 @@ def write_lcm_student(directory: Path, preset: str = "tiny", seed: int = 200, ti
 LORA_TARGETS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0", "proj_in", "resnets.0.conv1")
 # The key layout each kind's published file uses, so the tiny checkpoint exercises that path.
 LORA_LAYOUTS = {"lcm-lora": "kohya", "hyper-sd": "kohya", "flash": "diffusers"}
+LORA_KEY_LAYOUTS = ("diffusers", "kohya", "kohya-ldm", "diffusers-legacy")
 _LORA_SEEDS = {"lcm-lora": 300, "hyper-sd": 400, "flash": 500}
 
 
@@ -192,6 +196,34 @@ def lora_tensors(preset: str = "tiny", seed: int = 300, rank: int = 4) -> dict[s
     return factors
 
 
+# diffusers' resnet layer names -> the original LDM ResBlock's.
+_LDM_RESNET = {"conv1": "in_layers.2", "conv2": "out_layers.3", "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
+_LDM_MID = {("resnets", 0): "0", ("attentions", 0): "1", ("resnets", 1): "2"}
+
+
+def ldm_module_name(name: str, layers_per_block: int = UNET_LAYERS_PER_BLOCK) -> str:
+    """The original LDM (CompVis) name of an SD1.5-architecture diffusers UNet module in a resnet or attention.
+
+    ``down_blocks.b.{resnets,attentions}.l`` is ``input_blocks.(1 + b * (n + 1) + l).{0,1}``, the mid block's
+    three layers are ``middle_block.{0,1,2}``, ``up_blocks.b.*.l`` is ``output_blocks.(b * (n + 1) + l).{0,1}``,
+    with ``n`` layers per block; a resnet's convs and time projection have their LDM names too.
+    """
+    parts = name.split(".")
+    n = layers_per_block
+    if parts[0] in ("down_blocks", "up_blocks") and parts[2] in ("resnets", "attentions"):
+        block, kind, layer, rest = int(parts[1]), parts[2], int(parts[3]), parts[4:]
+        index = 1 + block * (n + 1) + layer if parts[0] == "down_blocks" else block * (n + 1) + layer
+        head = ["input_blocks" if parts[0] == "down_blocks" else "output_blocks", str(index), "0" if kind == "resnets" else "1"]
+    elif parts[0] == "mid_block" and (parts[1], int(parts[2])) in _LDM_MID:
+        kind, rest = parts[1], parts[3:]
+        head = ["middle_block", _LDM_MID[(kind, int(parts[2]))]]
+    else:
+        raise ValueError(f"no LDM name for {name}: only resnet and attention layers are mapped")
+    if kind == "resnets":
+        rest = [_LDM_RESNET[".".join(rest)]]
+    return ".".join(head + rest)
+
+
 def write_lora_student(directory: Path, kind: str = "lcm-lora", layout: str | None = None, preset: str = "tiny", seed: int | None = None, rank: int = 4) -> Path:
     """A random UNet LoRA for the preset's teacher as ``pytorch_lora_weights.safetensors``; returns the file.
 
@@ -199,14 +231,16 @@ def write_lora_student(directory: Path, kind: str = "lcm-lora", layout: str | No
     ``layout="kohya"``: ``lora_unet_<module_with_underscores>.lora_down.weight`` / ``lora_up.weight``
     / ``alpha``. Alpha is rank / 2 and ``lora_up`` is doubled to compensate, so both layouts of one
     seed encode the same update and a loader that ignored alpha would be caught.
+    ``layout="kohya-ldm"``: the kohya format with the original LDM module names
+    (``lora_unet_input_blocks_1_1_proj_in``) that LoRAs trained on LDM/SGM code keep.
     ``layout="diffusers-legacy"``: diffusers' pre-peft keys (``unet.<block>.processor.to_q_lora.down.weight``,
     ``unet.<module>.lora.up.weight``), which older published LoRA files still use.
     """
     from safetensors.torch import save_file
 
     layout = layout or LORA_LAYOUTS.get(kind, "diffusers")
-    if layout not in ("diffusers", "kohya", "diffusers-legacy"):
-        raise ValueError(f"unknown LoRA layout {layout!r}; choose diffusers, kohya or diffusers-legacy")
+    if layout not in LORA_KEY_LAYOUTS:
+        raise ValueError(f"unknown LoRA layout {layout!r}; choose one of {list(LORA_KEY_LAYOUTS)}")
     legacy_processor = {"attn1.to_q": "to_q_lora", "attn1.to_k": "to_k_lora", "attn1.to_v": "to_v_lora", "attn1.to_out.0": "to_out_lora"}
     legacy_processor.update({k.replace("attn1", "attn2"): v for k, v in legacy_processor.items()})
     factors = lora_tensors(preset, _LORA_SEEDS.get(kind, 300) if seed is None else seed, rank)
@@ -222,7 +256,8 @@ def write_lora_student(directory: Path, kind: str = "lcm-lora", layout: str | No
             state[f"{prefix}.down.weight"] = down
             state[f"{prefix}.up.weight"] = up
         else:
-            key = "lora_unet_" + name.replace(".", "_")
+            module = ldm_module_name(name) if layout == "kohya-ldm" else name
+            key = "lora_unet_" + module.replace(".", "_")
             state[f"{key}.lora_down.weight"] = down
             state[f"{key}.lora_up.weight"] = up * (rank / alpha)
             state[f"{key}.alpha"] = torch.tensor(alpha)

@@ -16,7 +16,8 @@ from torch import nn
 
 from bll_python.deployment import SchedulerRecipe
 from export.checkpoints.errors import SourceError
-from export.checkpoints.students import StudentKind, apply_sampler_overrides, check_sampler_overrides, student_kind, teacher_recipe
+from export.checkpoints.samplers import DEFAULT_TEACHER_SAMPLER, teacher_recipe, teacher_sampler
+from export.checkpoints.students import StudentKind, apply_sampler_overrides, check_sampler_overrides, student_kind
 from export.checkpoints.unet import load_unet_folder
 from export.models.wrappers import export_modules
 
@@ -32,6 +33,8 @@ class Sources:
     reward_config: Path | None = None
     # Tunable sampler ``step`` arguments of the kind, e.g. ``{"eta": 0.5}`` for hyper-sd's TCD.
     sampler_overrides: dict[str, Any] = field(default_factory=dict)
+    # The teacher's solver, a name in ``export.checkpoints.samplers.TEACHER_SAMPLERS``.
+    teacher_sampler: str = DEFAULT_TEACHER_SAMPLER
 
 
 @dataclass
@@ -100,11 +103,17 @@ def _check_paths(sources: Sources, kind: StudentKind) -> None:
     if sources.reward_config is not None and not Path(sources.reward_config).is_file():
         raise SourceError(f"reward config: {sources.reward_config} does not exist")
     check_sampler_overrides(kind, sources.sampler_overrides)
+    teacher_sampler(sources.teacher_sampler)
+
+
+# What the student must share with the teacher: the text encoder's states it attends to, and the
+# latents the VAE decodes. ``sample_size`` is deliberately absent: it is only a UNet's default
+# resolution (LCM_Dreamshaper_v7 says 96 over SD1.5's 64) and the served size comes from the teacher.
+STUDENT_MUST_MATCH = ("cross_attention_dim", "in_channels", "out_channels")
 
 
 def _check_student_fits(student: nn.Module, teacher: nn.Module) -> None:
-    # The two UNets share the text encoder, the latents and the VAE.
-    for attr in ("cross_attention_dim", "in_channels", "out_channels", "sample_size"):
+    for attr in STUDENT_MUST_MATCH:
         got, want = getattr(student.config, attr), getattr(teacher.config, attr)
         if got != want:
             raise SourceError(f"student: {attr} {got} does not match the teacher's {want}")
@@ -136,7 +145,7 @@ def load_sources(sources: Sources) -> LoadedModels:
     return LoadedModels(
         modules=export_modules(raw),
         tokenizer_dir=teacher["tokenizer_dir"],
-        teacher_scheduler=teacher_recipe(teacher["schedule"]),
+        teacher_scheduler=teacher_recipe(teacher["schedule"], sources.teacher_sampler),
         student_scheduler=student_scheduler,
         kind=kind,
         dims=dims,

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from bll_python.deployment import SchedulerRecipe
 from export.checkpoints.errors import SourceError
 from export.checkpoints.lora import fused_lora_unet
+from export.checkpoints.samplers import scheduler_recipe as _recipe
 from export.checkpoints.unet import load_full_unet
 
 if TYPE_CHECKING:
@@ -63,18 +64,6 @@ def _scheduler_config(path: Path | None, fallback: dict[str, Any]) -> dict[str, 
         cfg = json.loads((path / "scheduler_config.json").read_text())
         return {k: v for k, v in cfg.items() if not k.startswith("_")}
     return dict(fallback)
-
-
-def _recipe(cls: str, base: dict[str, Any], *, step_kwargs: dict[str, Any] | None = None, **overrides: Any) -> SchedulerRecipe:
-    import inspect
-
-    import diffusers
-
-    scheduler_cls = getattr(diffusers, cls)
-    # A teacher's PNDM config carries keys (skip_prk_steps) other classes only warn about and drop.
-    accepted = set(inspect.signature(scheduler_cls.__init__).parameters)
-    config = dict(scheduler_cls.from_config({k: v for k, v in {**base, **overrides}.items() if k in accepted}).config)
-    return SchedulerRecipe(cls=cls, config={k: v for k, v in config.items() if not k.startswith("_")}, step_kwargs=dict(step_kwargs or {}))
 
 
 def _student_folder_scheduler(path: Path) -> Path | None:
@@ -200,8 +189,3 @@ def check_sampler_overrides(kind: StudentKind, overrides: dict[str, Any] | None)
 def apply_sampler_overrides(kind: StudentKind, recipe: SchedulerRecipe, overrides: dict[str, Any] | None) -> SchedulerRecipe:
     recipe.step_kwargs.update(check_sampler_overrides(kind, overrides))
     return recipe
-
-
-def teacher_recipe(teacher_schedule: dict[str, Any]) -> SchedulerRecipe:
-    """DPM-Solver++ 2M on the teacher's own noise schedule (the paper's teacher solver)."""
-    return _recipe("DPMSolverMultistepScheduler", teacher_schedule, algorithm_type="dpmsolver++", solver_order=2)
