@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from bll_python.components import COMPONENTS
+from bll_python.components import Component, family_components
 from bll_python.settings import GenerationSettings, SettingsError, check_number
 from bll_python.specs import ComponentSpec
 
@@ -69,6 +69,14 @@ class Deployment:
     calibration: Calibration | None = None
     # The LCM guidance embedding replaces true CFG for students distilled with it.
     student_uses_cfg: bool = True
+    # The model family (bll_python.families) and the dims only SDXL has: the second text tower's
+    # width, the pooled prompt vector's width and the number of size-conditioning values.
+    family: str = "sd15"
+    text_hidden_2: int | None = None
+    pooled_dim: int | None = None
+    time_ids_dim: int | None = None
+    # SDXL base's ``force_zeros_for_empty_prompt``: an empty negative prompt conditions on zeros.
+    zero_empty_negative: bool = False
 
     # ------------------------------------------------------------------ specs
 
@@ -76,9 +84,17 @@ class Deployment:
     def image_size(self) -> int:
         return self.latent_size * self.vae_scale
 
+    @property
+    def context_dim(self) -> int:
+        """The width of the UNet's ``encoder_hidden_states``: SDXL concatenates its two towers."""
+        return self.text_hidden + (self.text_hidden_2 or 0)
+
+    def components(self) -> dict[str, Component]:
+        return family_components(self.family)
+
     def specs(self) -> dict[str, ComponentSpec]:
         """Every component's tensors at this deployment's dims, in component order."""
-        return {name: c.deployment_spec(self) for name, c in COMPONENTS.items()}
+        return {name: c.deployment_spec(self) for name, c in self.components().items()}
 
     # ------------------------------------------------------------------ gate
 

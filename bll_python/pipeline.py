@@ -34,6 +34,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from bll_python.deployment import Deployment, SchedulerRecipe
 from bll_python.engines import Engines
+from bll_python.families import family, sdxl_time_ids
 from bll_python.settings import GenerationSettings, Route, SettingsError, Strategy
 from bll_python.text import PromptTokenizers
 
@@ -57,6 +58,15 @@ class EngineCall:
     @property
     def rows(self) -> int:
         return int(next(iter(self.inputs.values())).shape[0])
+
+
+# The UNet inputs that carry the prompt, one row per image: ``encoder_hidden_states`` for every
+# family, plus SDXL's ``text_embeds`` and ``time_ids``. Rows are selected and CFG-stacked per key.
+Conditioning = dict[str, torch.Tensor]
+
+
+def select_rows(c: Conditioning, rows: torch.Tensor | slice) -> Conditioning:
+    return {k: v[rows] for k, v in c.items()}
 
 
 # A running pipeline: yields EngineCalls, is sent their outputs, returns the result.
@@ -134,13 +144,13 @@ class _Sampler:
         self,
         latents: torch.Tensor,
         timesteps: torch.Tensor,
-        text: torch.Tensor,
-        uncond: torch.Tensor | None,
+        text: Conditioning,
+        uncond: Conditioning | None,
         generators: list[torch.Generator],
         check_cancelled: Callable[[], None],
     ) -> Generator[EngineCall, Tensors, torch.Tensor]:
         rows = latents.shape[0]
-        context = torch.cat([uncond, text]) if self.cfg else text
+        context = {k: torch.cat([uncond[k], v]) for k, v in text.items()} if self.cfg else text
         extra: dict[str, torch.Tensor] = {}
         if self.cond_dim:
             w = torch.full((rows,), self.guidance_scale - 1.0)
@@ -153,7 +163,7 @@ class _Sampler:
             x = torch.cat([latents, latents]) if self.cfg else latents
             x = self.scheduler.scale_model_input(x, t)
             tt = t.to(torch.float32).expand(x.shape[0])
-            out = yield EngineCall(self.component, {"sample": x, "timestep": tt, "encoder_hidden_states": context, **extra})
+            out = yield EngineCall(self.component, {"sample": x, "timestep": tt, **context, **extra})
             noise = out["noise_pred"].to(latents.dtype)
             if self.cfg:
                 uncond_noise, text_noise = noise.chunk(2)
@@ -170,13 +180,28 @@ class AdaptivePipeline:
         self.deployment = deployment
         self.tokenizers = tokenizers
         self.device = torch.device(device)
+        self.family = family(deployment.family)
         self.latent_shape = (deployment.latent_channels, deployment.latent_size, deployment.latent_size)
 
     # ----------------------------------------------------------------- stages
 
-    def encode_text(self, ids: np.ndarray) -> Generator[EngineCall, Tensors, torch.Tensor]:
+    def encode_text(self, ids: np.ndarray, ids_2: np.ndarray | None = None) -> Generator[EngineCall, Tensors, Conditioning]:
+        """The prompt conditioning of each row: one tower (SD1.5), or SDXL's two towers' hidden
+        states concatenated plus the second tower's pooled projection."""
         out = yield EngineCall("text_encoder", {"input_ids": torch.from_numpy(ids).to(self.device)})
-        return out["text_embeddings"]
+        if not self.family.dual_text:
+            return {"encoder_hidden_states": out["text_embeddings"]}
+        out_2 = yield EngineCall("text_encoder_2", {"input_ids_2": torch.from_numpy(ids_2).to(self.device)})
+        hidden = torch.cat([out["text_embeddings"], out_2["text_embeddings_2"].to(out["text_embeddings"].dtype)], dim=-1)
+        return {"encoder_hidden_states": hidden, "text_embeds": out_2["pooled_embeddings"]}
+
+    def size_conditioning(self, rows: int) -> Conditioning:
+        """SDXL's ``time_ids`` for each row (the image's own size, no crop); nothing for SD1.5.
+        The unconditional rows take the same values, as diffusers' default ``negative_*_size``."""
+        if not self.family.added_conditions:
+            return {}
+        size = self.deployment.image_size
+        return {"time_ids": torch.tensor([sdxl_time_ids(size, size)] * rows, dtype=torch.float32, device=self.device)}
 
     def decode(self, latents: torch.Tensor) -> Generator[EngineCall, Tensors, torch.Tensor]:
         out = yield EngineCall("vae_decoder", {"latent": latents})
@@ -247,8 +272,15 @@ class AdaptivePipeline:
 
         tokens = self.tokenizers(prompts)
         neg_ids, _ = self.tokenizers.clip_ids(negative)
-        embeddings = yield from timed("text", 2 * n, self.encode_text(np.concatenate([neg_ids, tokens.clip_ids])))
-        uncond, text = embeddings[:n], embeddings[n:]
+        ids_2 = np.concatenate([self.tokenizers.clip_ids_2(negative), tokens.clip_ids_2]) if self.family.dual_text else None
+        embeddings = yield from timed("text", 2 * n, self.encode_text(np.concatenate([neg_ids, tokens.clip_ids]), ids_2))
+        embeddings.update(self.size_conditioning(2 * n))
+        uncond, text = select_rows(embeddings, slice(0, n)), select_rows(embeddings, slice(n, 2 * n))
+        if self.deployment.zero_empty_negative:
+            # SDXL base's force_zeros_for_empty_prompt: diffusers conditions the unconditional branch
+            # on zeros (prompt vectors only, not time_ids) when no negative prompt is given.
+            empty = torch.tensor([not neg for neg in negative], device=self.device)
+            uncond = {k: (v if k == "time_ids" else torch.where(empty.view(-1, *[1] * (v.dim() - 1)), torch.zeros_like(v), v)) for k, v in uncond.items()}
         generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
         noise = self.initial_noise(generators)
         steps = np.zeros(n, dtype=np.int32)
@@ -278,10 +310,10 @@ class AdaptivePipeline:
                 idx = torch.tensor(teacher_rows, device=latents.device)
                 rows_g = [generators[i] for i in teacher_rows]
                 if s.strategy is Strategy.REFINE:
-                    fixed, used = yield from timed("teacher", len(teacher_rows), self._teacher_refine(latents[idx], text[idx], uncond[idx], rows_g, s, check))
+                    fixed, used = yield from timed("teacher", len(teacher_rows), self._teacher_refine(latents[idx], select_rows(text, idx), select_rows(uncond, idx), rows_g, s, check))
                     route = Route.REFINED
                 else:
-                    fixed = yield from timed("teacher", len(teacher_rows), self._teacher_from_noise(noise[idx], text[idx], uncond[idx], rows_g, s, check))
+                    fixed = yield from timed("teacher", len(teacher_rows), self._teacher_from_noise(noise[idx], select_rows(text, idx), select_rows(uncond, idx), rows_g, s, check))
                     used, route = s.teacher_steps, Route.REGENERATED
                 fixed_images = yield from timed("decode", len(teacher_rows), self.decode(fixed))
                 latents = latents.clone()

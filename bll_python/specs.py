@@ -52,6 +52,8 @@ BINARY = Values(0, 2)  # masks, and any integer tensor that says nothing else
 TOKEN_IDS = Values(0, 1000)
 TIMESTEPS = Values(0, 999, whole=True)
 PIXELS = Values(0, 1)
+# SDXL's micro-conditioning: (original h, w, crop top, left, target h, w) in pixels.
+SIZES = Values(0, 1024, whole=True)
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,19 @@ def text_encoder_spec(*, seq_len: int, hidden: int, max_batch: int) -> Component
     )
 
 
+def text_encoder_2_spec(*, seq_len: int, hidden: int, pooled: int, max_batch: int) -> ComponentSpec:
+    """SDXL's second tower (OpenCLIP bigG): its hidden states plus the pooled, projected prompt vector."""
+    return ComponentSpec(
+        "text_encoder_2",
+        inputs=(TensorSpec("input_ids_2", "int32", (BATCH, seq_len), TOKEN_IDS),),
+        outputs=(
+            TensorSpec("text_embeddings_2", "float32", (BATCH, seq_len, hidden)),
+            TensorSpec("pooled_embeddings", "float32", (BATCH, pooled)),
+        ),
+        profile={BATCH: batch_range(max_batch)},
+    )
+
+
 def unet_spec(
     name: str,
     *,
@@ -181,10 +196,14 @@ def unet_spec(
     text_hidden: int,
     max_batch: int,
     timestep_cond_dim: int | None = None,
+    pooled_dim: int | None = None,
+    time_ids_dim: int | None = None,
 ) -> ComponentSpec:
     """A denoiser; ``timestep` is per row so rows at different steps can share one call.
 
-    ``max_batch`` counts UNet rows, i.e. it already includes the doubling for CFG.
+    ``max_batch`` counts UNet rows, i.e. it already includes the doubling for CFG. SDXL UNets
+    also take the pooled prompt vector (``text_embeds``) and the size conditioning (``time_ids``),
+    both per row, so rows of different requests still share a call.
     """
     latent = (BATCH, latent_channels, latent_size, latent_size)
     inputs = [
@@ -194,6 +213,9 @@ def unet_spec(
     ]
     if timestep_cond_dim:
         inputs.append(TensorSpec("timestep_cond", "float32", (BATCH, timestep_cond_dim)))
+    if pooled_dim:
+        inputs.append(TensorSpec("text_embeds", "float32", (BATCH, pooled_dim)))
+        inputs.append(TensorSpec("time_ids", "float32", (BATCH, time_ids_dim), SIZES))
     return ComponentSpec(
         name,
         inputs=tuple(inputs),

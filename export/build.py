@@ -20,7 +20,7 @@ from typing import Iterator, Sequence
 from tqdm.auto import tqdm
 
 from bll_python.deployment import MANIFEST, Calibration, Deployment
-from bll_python.layout import assets_dir, clip_tokenizer_dir, onnx_path, reward_vocab
+from bll_python.layout import assets_dir, clip_tokenizer_2_dir, clip_tokenizer_dir, onnx_path, reward_vocab
 from bll_python.prompts import read_prompts
 from bll_python.settings import GenerationSettings
 from export.checkpoints.sources import LoadedModels, Sources, load_sources
@@ -116,6 +116,8 @@ def export_repository(
         assets = assets_dir(staging)
         assets.mkdir(parents=True, exist_ok=True)
         shutil.copytree(models.tokenizer_dir, clip_tokenizer_dir(staging), dirs_exist_ok=True)
+        if models.tokenizer_2_dir is not None:
+            shutil.copytree(models.tokenizer_2_dir, clip_tokenizer_2_dir(staging), dirs_exist_ok=True)
         write_bert_vocab(reward_vocab(staging).parent)
         deployment.save(assets)
         (assets / "export_report.json").write_text(json.dumps({r.component: r.max_abs_error for r in summary.parity}, indent=2))

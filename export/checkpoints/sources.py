@@ -15,12 +15,26 @@ from typing import Any
 from torch import nn
 
 from bll_python.deployment import SchedulerRecipe
+from bll_python.families import SD15, SDXL, Family
 from export.checkpoints.errors import SourceError
 from export.checkpoints.students import StudentKind, apply_sampler_overrides, check_sampler_overrides, student_kind, teacher_recipe
 from export.checkpoints.unet import load_unet_folder
 from export.models.wrappers import export_modules
 
 TEACHER_PARTS = ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler")
+# What an SDXL pipeline folder has beyond SD1.5's.
+XL_PARTS = ("text_encoder_2", "tokenizer_2")
+
+
+def teacher_family(path: Path) -> Family:
+    """The family a teacher pipeline folder belongs to, by its ``model_index.json``: an SDXL folder
+    names an XL pipeline class and has a second text encoder."""
+    index = Path(path) / "model_index.json"
+    try:
+        cls = json.loads(index.read_text()).get("_class_name", "")
+    except (OSError, ValueError) as err:
+        raise SourceError(f"teacher: cannot read {index}: {err}") from err
+    return SDXL if "XL" in cls or "text_encoder_2" in json.loads(index.read_text()) else SD15
 
 
 @dataclass
@@ -47,6 +61,9 @@ class LoadedModels:
     # The loaded checkpoint parts (diffusers/transformers objects, the scorer) by the records' ``source``
     # names, plus the teacher's noise schedule; also what reference diffusers pipelines are built from.
     raw: dict[str, Any]
+    family: Family = SD15
+    # SDXL's second tokenizer (OpenCLIP's padding), None for SD1.5.
+    tokenizer_2_dir: Path | None = None
 
 
 def _require_dir(path: Path, what: str, must_have: tuple[str, ...]) -> None:
@@ -71,20 +88,29 @@ def _checked(load: Any, folder: Path, what: str) -> Any:
 
 def load_teacher(path: Path) -> dict[str, Any]:
     from diffusers import AutoencoderKL
-    from transformers import CLIPTextModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     _require_dir(path, "teacher", TEACHER_PARTS)
+    family = teacher_family(path)
     schedule_file = path / "scheduler" / "scheduler_config.json"
     if not schedule_file.is_file():
         raise SourceError(f"teacher: {schedule_file} does not exist")
     schedule = {k: v for k, v in json.loads(schedule_file.read_text()).items() if not k.startswith("_")}
-    return {
+    parts = {
+        "family": family,
         "text_encoder": _checked(CLIPTextModel.from_pretrained, path / "text_encoder", "teacher text_encoder"),
         "unet": load_unet_folder(path / "unet", "teacher"),
         "vae": _checked(AutoencoderKL.from_pretrained, path / "vae", "teacher vae"),
         "schedule": schedule,
         "tokenizer_dir": path / "tokenizer",
+        "tokenizer_2_dir": None,
+        "index": json.loads((path / "model_index.json").read_text()),
     }
+    if family.dual_text:
+        _require_dir(path, "SDXL teacher", XL_PARTS)
+        parts["text_encoder_2"] = _checked(CLIPTextModelWithProjection.from_pretrained, path / "text_encoder_2", "teacher text_encoder_2")
+        parts["tokenizer_2_dir"] = path / "tokenizer_2"
+    return parts
 
 
 def _check_paths(sources: Sources, kind: StudentKind) -> None:
@@ -104,7 +130,7 @@ def _check_paths(sources: Sources, kind: StudentKind) -> None:
 
 def _check_student_fits(student: nn.Module, teacher: nn.Module) -> None:
     # The two UNets share the text encoder, the latents and the VAE.
-    for attr in ("cross_attention_dim", "in_channels", "out_channels", "sample_size"):
+    for attr in ("cross_attention_dim", "in_channels", "out_channels", "sample_size", "addition_embed_type", "projection_class_embeddings_input_dim"):
         got, want = getattr(student.config, attr), getattr(teacher.config, attr)
         if got != want:
             raise SourceError(f"student: {attr} {got} does not match the teacher's {want}")
@@ -124,7 +150,9 @@ def load_sources(sources: Sources) -> LoadedModels:
     vae, unet, clip = teacher["vae"], teacher["unet"], teacher["text_encoder"]
     _check_student_fits(student_unet, unet)
     student_scheduler = apply_sampler_overrides(kind, kind.scheduler(Path(sources.student), teacher["schedule"]), sources.sampler_overrides)
+    family: Family = teacher["family"]
     dims = dict(
+        family=family.name,
         seq_len=clip.config.max_position_embeddings,
         text_hidden=clip.config.hidden_size,
         latent_channels=unet.config.in_channels,
@@ -133,12 +161,23 @@ def load_sources(sources: Sources) -> LoadedModels:
         timestep_cond_dim=student_unet.config.time_cond_proj_dim,
     )
     raw = {"text_encoder": clip, "unet_teacher": unet, "unet_student": student_unet, "vae": vae, "image_reward": reward, "schedule": teacher["schedule"]}
+    if family.dual_text:
+        clip_2 = teacher["text_encoder_2"]
+        raw["text_encoder_2"] = clip_2
+        dims.update(
+            text_hidden_2=clip_2.config.hidden_size,
+            pooled_dim=clip_2.config.projection_dim,
+            time_ids_dim=(unet.config.projection_class_embeddings_input_dim - clip_2.config.projection_dim) // unet.config.addition_time_embed_dim,
+            zero_empty_negative=bool(teacher["index"].get("force_zeros_for_empty_prompt", False)),
+        )
     return LoadedModels(
-        modules=export_modules(raw),
+        modules=export_modules(raw, family),
         tokenizer_dir=teacher["tokenizer_dir"],
-        teacher_scheduler=teacher_recipe(teacher["schedule"]),
+        teacher_scheduler=teacher_recipe(teacher["schedule"], family.name),
         student_scheduler=student_scheduler,
         kind=kind,
         dims=dims,
         raw=raw,
+        family=family,
+        tokenizer_2_dir=teacher["tokenizer_2_dir"],
     )

@@ -202,6 +202,9 @@ def apply_sampler_overrides(kind: StudentKind, recipe: SchedulerRecipe, override
     return recipe
 
 
-def teacher_recipe(teacher_schedule: dict[str, Any]) -> SchedulerRecipe:
-    """DPM-Solver++ 2M on the teacher's own noise schedule (the paper's teacher solver)."""
+def teacher_recipe(teacher_schedule: dict[str, Any], family: str = "sd15") -> SchedulerRecipe:
+    """The paper's teacher solver on the teacher's own noise schedule: DPM-Solver++ 2M for SD1.5,
+    UniPC (diffusers' defaults: order 2, bh2, x0-prediction) for SDXL (CD-SDXL, section 5)."""
+    if family == "sdxl":
+        return _recipe("UniPCMultistepScheduler", teacher_schedule)
     return _recipe("DPMSolverMultistepScheduler", teacher_schedule, algorithm_type="dpmsolver++", solver_order=2)

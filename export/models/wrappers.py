@@ -13,18 +13,40 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from bll_python.components import COMPONENTS, Component
+from bll_python.components import Component, family_components
+from bll_python.families import SD15, Family
+
+
+def _hidden_state(clip: nn.Module, input_ids: torch.Tensor, layer: int) -> tuple[torch.Tensor, Any]:
+    """(the hidden state at ``layer``, the model's outputs): -1 is ``last_hidden_state`` (after the
+    final LayerNorm, as SD1.5 conditions), -2 the penultimate layer's raw output (SDXL)."""
+    out = clip(input_ids.long(), output_hidden_states=layer != -1, return_dict=True)
+    return (out.last_hidden_state if layer == -1 else out.hidden_states[layer]), out
 
 
 class TextEncoder(nn.Module):
-    """CLIP's last hidden state, as SD1.5 conditions on it (no pooling, no clip-skip)."""
+    """A CLIP tower's hidden states as the UNet conditions on them (``Family.text_layer``)."""
 
-    def __init__(self, clip: nn.Module) -> None:
+    def __init__(self, clip: nn.Module, layer: int = -1) -> None:
         super().__init__()
         self.clip = clip
+        self.layer = layer
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.clip(input_ids.long(), return_dict=False)[0]
+        return _hidden_state(self.clip, input_ids, self.layer)[0]
+
+
+class TextEncoder2(nn.Module):
+    """SDXL's second tower (``CLIPTextModelWithProjection``): hidden states and the pooled projection."""
+
+    def __init__(self, clip: nn.Module, layer: int = -2) -> None:
+        super().__init__()
+        self.clip = clip
+        self.layer = layer
+
+    def forward(self, input_ids_2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden, out = _hidden_state(self.clip, input_ids_2, self.layer)
+        return hidden, out.text_embeds
 
 
 class UNet(nn.Module):
@@ -32,8 +54,14 @@ class UNet(nn.Module):
         super().__init__()
         self.unet = unet
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor, timestep_cond: torch.Tensor | None = None) -> torch.Tensor:
-        return self.unet(sample, timestep, encoder_hidden_states, timestep_cond=timestep_cond, return_dict=False)[0]
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor, *conditions: torch.Tensor) -> torch.Tensor:
+        # The spec's optional inputs, in its order: LCM's ``timestep_cond``, then SDXL's
+        # ``text_embeds`` and ``time_ids``.
+        cond_dim = self.unet.config.time_cond_proj_dim
+        timestep_cond = conditions[0] if cond_dim else None
+        added = conditions[1 if cond_dim else 0 :]
+        added_cond_kwargs = {"text_embeds": added[0], "time_ids": added[1]} if added else None
+        return self.unet(sample, timestep, encoder_hidden_states, timestep_cond=timestep_cond, added_cond_kwargs=added_cond_kwargs, return_dict=False)[0]
 
 
 class VaeDecoder(nn.Module):
@@ -63,6 +91,8 @@ def wrapper_factory(component: Component) -> Callable[[Any], nn.Module]:
     return factory
 
 
-def export_modules(parts: Mapping[str, Any]) -> dict[str, nn.Module]:
-    """Every component's export module, in eval mode, from the loaded checkpoint ``parts`` (by record ``source``)."""
-    return {name: wrapper_factory(c)(parts[c.source]).eval() for name, c in COMPONENTS.items()}
+def export_modules(parts: Mapping[str, Any], family: Family = SD15) -> dict[str, nn.Module]:
+    """The export module of every component ``family`` deploys, in eval mode, from the loaded
+    checkpoint ``parts`` (by record ``source``)."""
+    options = {"text_encoder": {"layer": family.text_layer}, "text_encoder_2": {"layer": family.text_layer}}
+    return {name: wrapper_factory(c)(parts[c.source], **options.get(name, {})).eval() for name, c in family_components(family.name).items()}
