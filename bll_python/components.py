@@ -65,6 +65,7 @@ def _latents(d: "Deployment") -> dict[str, int | None]:
         text_hidden=d.context_dim,
         pooled_dim=d.pooled_dim,
         time_ids_dim=d.time_ids_dim,
+        latent_range=d.latent_range,
     )
 
 
@@ -115,7 +116,7 @@ UNET_TEACHER = Component(
 )
 VAE_DECODER = Component(
     "vae_decoder",
-    spec=lambda d, rows: vae_decoder_spec(latent_channels=d.latent_channels, latent_size=d.latent_size, scale=d.vae_scale, max_batch=rows),
+    spec=lambda d, rows: vae_decoder_spec(latent_channels=d.latent_channels, latent_size=d.latent_size, scale=d.vae_scale, max_batch=rows, latent_range=d.latent_range),
     cfg_rows=1,
     source="vae",
     wrapper="export.models.wrappers:VaeDecoder",
@@ -126,7 +127,7 @@ VAE_DECODER = Component(
 )
 IMAGE_REWARD = Component(
     "image_reward",
-    spec=lambda d, rows: image_reward_spec(image_size=d.image_size, text_len=d.reward_text_len, max_batch=rows),
+    spec=lambda d, rows: image_reward_spec(image_size=d.image_size, text_len=d.reward_text_len, max_batch=rows, image_range=d.image_range),
     cfg_rows=1,
     source="image_reward",
     # The scorer is built in spec order already (export.models.image_reward).

@@ -16,7 +16,7 @@ import numpy as np
 
 from bll_python.components import Component, family_components
 from bll_python.settings import GenerationSettings, SettingsError, check_number
-from bll_python.specs import ComponentSpec
+from bll_python.specs import ComponentSpec, SymbolRange, scaled
 
 MANIFEST = "deployment.json"
 
@@ -77,12 +77,41 @@ class Deployment:
     time_ids_dim: int | None = None
     # SDXL base's ``force_zeros_for_empty_prompt``: an empty negative prompt conditions on zeros.
     zero_empty_negative: bool = False
+    # Per-request image sizes, in pixels: every multiple of ``size_multiple`` in [min, max] (the
+    # engine profiles' range). None: the native size only (manifests from before per-request sizes).
+    min_image_size: int | None = None
+    max_image_size: int | None = None
+    size_multiple: int = 8
 
     # ------------------------------------------------------------------ specs
 
     @property
     def image_size(self) -> int:
         return self.latent_size * self.vae_scale
+
+    @property
+    def latent_range(self) -> SymbolRange | None:
+        """The latent side's (min, native, max), or None when the deployment serves its native size only."""
+        if self.min_image_size is None or self.max_image_size is None:
+            return None
+        return SymbolRange(self.min_image_size // self.vae_scale, self.latent_size, self.max_image_size // self.vae_scale)
+
+    @property
+    def image_range(self) -> SymbolRange | None:
+        r = self.latent_range
+        return scaled(r, self.vae_scale) if r else None
+
+    def resolve_size(self, settings: GenerationSettings) -> tuple[int, int]:
+        """(height, width) in pixels of a request's images: the native size unless it asks for
+        another that this deployment's engines take."""
+        native = self.image_size
+        size = {"height": settings.height or native, "width": settings.width or native}
+        low, high = (self.min_image_size, self.max_image_size) if self.latent_range else (native, native)
+        for name, value in size.items():
+            if not (low <= value <= high and value % self.size_multiple == 0):
+                allowed = f"{native} only" if low == high else f"multiples of {self.size_multiple} in [{low}, {high}]"
+                raise SettingsError(name, f"got {value}; this deployment allows {allowed}")
+        return size["height"], size["width"]
 
     @property
     def context_dim(self) -> int:

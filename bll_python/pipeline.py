@@ -59,6 +59,12 @@ class EngineCall:
     def rows(self) -> int:
         return int(next(iter(self.inputs.values())).shape[0])
 
+    @property
+    def shape_key(self) -> tuple:
+        """Calls may share one component call only if every input's non-batch shape matches
+        (images of different sizes never do)."""
+        return tuple((name, tuple(t.shape[1:])) for name, t in self.inputs.items())
+
 
 # The UNet inputs that carry the prompt, one row per image: ``encoder_hidden_states`` for every
 # family, plus SDXL's ``text_embeds`` and ``time_ids``. Rows are selected and CFG-stacked per key.
@@ -195,13 +201,12 @@ class AdaptivePipeline:
         hidden = torch.cat([out["text_embeddings"], out_2["text_embeddings_2"].to(out["text_embeddings"].dtype)], dim=-1)
         return {"encoder_hidden_states": hidden, "text_embeds": out_2["pooled_embeddings"]}
 
-    def size_conditioning(self, rows: int) -> Conditioning:
+    def size_conditioning(self, rows: int, height: int, width: int) -> Conditioning:
         """SDXL's ``time_ids`` for each row (the image's own size, no crop); nothing for SD1.5.
         The unconditional rows take the same values, as diffusers' default ``negative_*_size``."""
         if not self.family.added_conditions:
             return {}
-        size = self.deployment.image_size
-        return {"time_ids": torch.tensor([sdxl_time_ids(size, size)] * rows, dtype=torch.float32, device=self.device)}
+        return {"time_ids": torch.tensor([sdxl_time_ids(height, width)] * rows, dtype=torch.float32, device=self.device)}
 
     def decode(self, latents: torch.Tensor) -> Generator[EngineCall, Tensors, torch.Tensor]:
         out = yield EngineCall("vae_decoder", {"latent": latents})
@@ -212,9 +217,12 @@ class AdaptivePipeline:
         out = yield EngineCall("image_reward", inputs)
         return out["score"].float().reshape(-1)
 
-    def initial_noise(self, generators: list[torch.Generator]) -> torch.Tensor:
+    def initial_noise(self, generators: list[torch.Generator], height: int | None = None, width: int | None = None) -> torch.Tensor:
         # A list of generators draws each row from its own generator, as diffusers' prepare_latents does.
-        return randn_tensor((len(generators), *self.latent_shape), generator=generators, device=self.device, dtype=torch.float32)
+        c, h, w = self.latent_shape
+        scale = self.deployment.vae_scale
+        shape = (c, height // scale if height else h, width // scale if width else w)
+        return randn_tensor((len(generators), *shape), generator=generators, device=self.device, dtype=torch.float32)
 
     # ----------------------------------------------------------------- main
 
@@ -259,10 +267,12 @@ class AdaptivePipeline:
             raise SettingsError("seed", f"{len(seeds)} seeds for {n} prompts")
         negative = list(negative_prompts) if negative_prompts is not None else [""] * n
         tau = self.deployment.resolve_tau(s) if s.strategy.is_adaptive else None
+        self.deployment.resolve_size(s)
         return self._program(list(prompts), list(seeds), s, negative, tau, on_stage or (lambda *_: None), check_cancelled or (lambda: None))
 
     def _program(self, prompts: list[str], seeds: list[int], s: GenerationSettings, negative: list[str], tau: float | None, observe: StageObserver, check: Callable[[], None]) -> Program:
         n = len(prompts)
+        height, width = self.deployment.resolve_size(s)
 
         def timed(stage: str, rows: int, calls: Generator[EngineCall, Tensors, torch.Tensor]) -> Generator[EngineCall, Tensors, torch.Tensor]:
             start = time.perf_counter()
@@ -274,7 +284,7 @@ class AdaptivePipeline:
         neg_ids, _ = self.tokenizers.clip_ids(negative)
         ids_2 = np.concatenate([self.tokenizers.clip_ids_2(negative), tokens.clip_ids_2]) if self.family.dual_text else None
         embeddings = yield from timed("text", 2 * n, self.encode_text(np.concatenate([neg_ids, tokens.clip_ids]), ids_2))
-        embeddings.update(self.size_conditioning(2 * n))
+        embeddings.update(self.size_conditioning(2 * n, height, width))
         uncond, text = select_rows(embeddings, slice(0, n)), select_rows(embeddings, slice(n, 2 * n))
         if self.deployment.zero_empty_negative:
             # SDXL base's force_zeros_for_empty_prompt: diffusers conditions the unconditional branch
@@ -282,7 +292,7 @@ class AdaptivePipeline:
             empty = torch.tensor([not neg for neg in negative], device=self.device)
             uncond = {k: (v if k == "time_ids" else torch.where(empty.view(-1, *[1] * (v.dim() - 1)), torch.zeros_like(v), v)) for k, v in uncond.items()}
         generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
-        noise = self.initial_noise(generators)
+        noise = self.initial_noise(generators, height, width)
         steps = np.zeros(n, dtype=np.int32)
         routes = [Route.STUDENT] * n
         student_latents = None

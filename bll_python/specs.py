@@ -20,6 +20,9 @@ from bll_python.dtypes import dtype
 Dim = int | str
 
 BATCH = "B"
+# Image sizes chosen per request (``height``/``width``): the latent's and the decoded image's sides.
+LATENT_H, LATENT_W = "latent_height", "latent_width"
+IMAGE_H, IMAGE_W = "image_height", "image_width"
 
 
 @dataclass(frozen=True)
@@ -198,14 +201,16 @@ def unet_spec(
     timestep_cond_dim: int | None = None,
     pooled_dim: int | None = None,
     time_ids_dim: int | None = None,
+    latent_range: SymbolRange | None = None,
 ) -> ComponentSpec:
     """A denoiser; ``timestep` is per row so rows at different steps can share one call.
 
     ``max_batch`` counts UNet rows, i.e. it already includes the doubling for CFG. SDXL UNets
     also take the pooled prompt vector (``text_embeds``) and the size conditioning (``time_ids``),
-    both per row, so rows of different requests still share a call.
+    both per row, so rows of different requests still share a call. With ``latent_range`` the
+    latent's sides are symbols (per-request image sizes); calls of different sizes never share one.
     """
-    latent = (BATCH, latent_channels, latent_size, latent_size)
+    latent = (BATCH, latent_channels, *_sides(latent_size, latent_range, LATENT_H, LATENT_W))
     inputs = [
         TensorSpec("sample", "float32", latent),
         TensorSpec("timestep", "float32", (BATCH,), TIMESTEPS),
@@ -220,29 +225,43 @@ def unet_spec(
         name,
         inputs=tuple(inputs),
         outputs=(TensorSpec("noise_pred", "float32", latent),),
-        profile={BATCH: batch_range(max_batch, opt=min(max_batch, 8))},
+        profile={BATCH: batch_range(max_batch, opt=min(max_batch, 8)), **_side_ranges(latent_range, LATENT_H, LATENT_W)},
     )
 
 
-def vae_decoder_spec(*, latent_channels: int, latent_size: int, scale: int, max_batch: int) -> ComponentSpec:
+def _sides(size: int, side_range: SymbolRange | None, h: str, w: str) -> tuple[Dim, Dim]:
+    return (h, w) if side_range else (size, size)
+
+
+def _side_ranges(side_range: SymbolRange | None, h: str, w: str) -> dict[str, SymbolRange]:
+    return {h: side_range, w: side_range} if side_range else {}
+
+
+def scaled(r: SymbolRange, factor: int) -> SymbolRange:
+    return SymbolRange(r.min * factor, r.opt * factor, r.max * factor)
+
+
+def vae_decoder_spec(*, latent_channels: int, latent_size: int, scale: int, max_batch: int, latent_range: SymbolRange | None = None) -> ComponentSpec:
     """Latents in (already divided by nothing: the graph applies the VAE scaling factor), image in [0, 1] out."""
+    image_range = scaled(latent_range, scale) if latent_range else None
     return ComponentSpec(
         "vae_decoder",
-        inputs=(TensorSpec("latent", "float32", (BATCH, latent_channels, latent_size, latent_size)),),
-        outputs=(TensorSpec("image", "float32", (BATCH, 3, latent_size * scale, latent_size * scale)),),
-        profile={BATCH: batch_range(max_batch)},
+        inputs=(TensorSpec("latent", "float32", (BATCH, latent_channels, *_sides(latent_size, latent_range, LATENT_H, LATENT_W))),),
+        outputs=(TensorSpec("image", "float32", (BATCH, 3, *_sides(latent_size * scale, image_range, IMAGE_H, IMAGE_W))),),
+        profile={BATCH: batch_range(max_batch), **_side_ranges(latent_range, LATENT_H, LATENT_W), **_side_ranges(image_range, IMAGE_H, IMAGE_W)},
     )
 
 
-def image_reward_spec(*, image_size: int, text_len: int, max_batch: int) -> ComponentSpec:
-    """Decoded image in [0, 1] plus BERT tokens in, normalised ImageReward score out."""
+def image_reward_spec(*, image_size: int, text_len: int, max_batch: int, image_range: SymbolRange | None = None) -> ComponentSpec:
+    """Decoded image in [0, 1] plus BERT tokens in, normalised ImageReward score out. The graph
+    resizes any image size to the scorer's own (224), so it takes every size the deployment allows."""
     return ComponentSpec(
         "image_reward",
         inputs=(
-            TensorSpec("image", "float32", (BATCH, 3, image_size, image_size), PIXELS),
+            TensorSpec("image", "float32", (BATCH, 3, *_sides(image_size, image_range, IMAGE_H, IMAGE_W)), PIXELS),
             TensorSpec("reward_input_ids", "int32", (BATCH, text_len), TOKEN_IDS),
             TensorSpec("reward_attention_mask", "int32", (BATCH, text_len), BINARY),
         ),
         outputs=(TensorSpec("score", "float32", (BATCH,)),),
-        profile={BATCH: batch_range(max_batch)},
+        profile={BATCH: batch_range(max_batch), **_side_ranges(image_range, IMAGE_H, IMAGE_W)},
     )

@@ -121,9 +121,14 @@ class StepBatcher:
         share = min(self.max_rows[name], math.ceil(waiting / max(1, self._idle[name])))
         batch = [queue.popleft()]
         rows = batch[0].call.rows
-        while queue and rows + queue[0].call.rows <= share:
-            rows += queue[0].call.rows
-            batch.append(queue.popleft())
+        # Only calls of the same shapes merge (per-request image sizes); the others keep their places.
+        key = batch[0].call.shape_key
+        for pending in [p for p in queue if p.call.shape_key == key]:
+            if rows + pending.call.rows > share:
+                break
+            rows += pending.call.rows
+            batch.append(pending)
+            queue.remove(pending)
         return batch
 
     async def _lane(self, name: str) -> None:

@@ -48,15 +48,30 @@ class ExportSummary:
         return "\n".join(lines)
 
 
-def make_deployment(models: LoadedModels, *, preset: str, max_rows: int, defaults: GenerationSettings | None = None) -> Deployment:
+def default_size_range(native: int, multiple: int) -> tuple[int, int]:
+    """Half to one and a half times the native side, on the size grid: the engines' profile range."""
+    low = max(multiple, (native // 2) // multiple * multiple)
+    high = max(native, (native * 3 // 2) // multiple * multiple)
+    return low, high
+
+
+def make_deployment(
+    models: LoadedModels, *, preset: str, max_rows: int, defaults: GenerationSettings | None = None, image_sizes: tuple[int, int] | None = None
+) -> Deployment:
+    native = models.dims["latent_size"] * models.dims["vae_scale"]
+    low, high = image_sizes or default_size_range(native, models.dims["size_multiple"])
+    if not low <= native <= high or low % models.dims["size_multiple"] or high % models.dims["size_multiple"]:
+        raise ValueError(f"image sizes [{low}, {high}] must hold the native {native} and be multiples of {models.dims['size_multiple']}")
     return Deployment(
+        min_image_size=low,
+        max_image_size=high,
         preset=preset,
         student_kind=models.kind.name,
         max_rows=max_rows,
         reward_text_len=35,
         student_scheduler=models.student_scheduler,
         teacher_scheduler=models.teacher_scheduler,
-        defaults=defaults or GenerationSettings(**models.kind.defaults),
+        defaults=defaults or GenerationSettings(**models.kind.defaults_for(models.family.name)),
         student_uses_cfg=models.kind.uses_cfg,
         **models.dims,
     )

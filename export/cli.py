@@ -2,7 +2,7 @@
 
 Two ways in:
 
-- ``--preset tiny|small``: random-weight checkpoints in the real formats, written and exported in
+- ``--preset tiny|small|tiny-xl``: random-weight checkpoints in the real formats, written and exported in
   one go (what ``make export`` and ``ensure_repository`` do). ``--student-kind`` picks which
   student the preset gets (default ``cd``).
 - ``--teacher --student --student-kind --reward``: real checkpoints, each a local path or a Hugging
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     src = p.add_argument_group("checkpoints")
-    src.add_argument("--preset", metavar="tiny|small", help="write random-weight checkpoints in the real formats and export them")
+    src.add_argument("--preset", metavar="tiny|small|tiny-xl", help="write random-weight checkpoints in the real formats and export them")
     src.add_argument("--teacher", metavar="PATH_OR_HUB_ID", help="diffusers SD1.5 pipeline folder")
     src.add_argument("--student", metavar="PATH_OR_HUB_ID", help="full UNet folder (cd, lcm) or LoRA .safetensors / folder (lcm-lora, hyper-sd, flash)")
     src.add_argument("--student-kind", metavar="KIND", help=f"one of: {kinds} (default with --preset: cd)")
@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------------
 
 
-def _defaults(kind: StudentKind, args: argparse.Namespace):
+def _defaults(kind: StudentKind, args: argparse.Namespace, family: str = "sd15"):
+    """The serving defaults: the kind's published settings for the teacher's family, then the flags."""
     from bll_python.settings import GenerationSettings, SettingsError
 
     given = {
@@ -93,7 +94,7 @@ def _defaults(kind: StudentKind, args: argparse.Namespace):
         "k": args.k,
     }
     try:
-        return GenerationSettings(**{**kind.defaults, **{k: v for k, v in given.items() if v is not None}})
+        return GenerationSettings(**{**kind.defaults_for(family), **{k: v for k, v in given.items() if v is not None}})
     except SettingsError as err:
         raise UsageError(f"--{err.field.replace('_', '-')}: {str(err).split(': ', 1)[-1]}") from None
 
@@ -219,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         missing = [f"--{f.replace('_', '-')}" for f in ("teacher", "student", "student_kind", "reward") if not getattr(args, f)]
         if missing:
-            raise UsageError(f"missing {', '.join(missing)} (or use --preset tiny|small)")
+            raise UsageError(f"missing {', '.join(missing)} (or use --preset tiny|small|tiny-xl)")
     if args.max_rows is not None and args.max_rows < 1:
         raise UsageError(f"--max-rows: got {args.max_rows}; expected 1 or more")
     overrides = check_sampler_overrides(kind, {"eta": args.eta} if args.eta is not None else {})
@@ -247,6 +248,9 @@ def run(args: argparse.Namespace) -> int:
             sources.sampler_overrides = overrides
         else:
             sources = _real_sources(args, kind, overrides)
+        from export.checkpoints.sources import teacher_family
+
+        defaults = _defaults(kind, args, teacher_family(Path(sources.teacher)).name)
         if progress:
             what = "fusing the student LoRA into a copy of the teacher UNet" if kind.is_lora else "loading the student UNet"
             print(f"loading the teacher, {what}, loading ImageReward ...", file=sys.stderr)

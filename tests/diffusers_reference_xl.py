@@ -46,23 +46,23 @@ class DiffusersXLReference:
         image = self.raw["vae"].decode(latents / self.raw["vae"].config.scaling_factor, return_dict=False)[0]
         return (image / 2 + 0.5).clamp(0, 1)
 
-    def _size(self) -> dict[str, int]:
-        size = self.deployment.image_size
-        return dict(height=size, width=size)
+    def _size(self, s: GenerationSettings) -> dict[str, int]:
+        height, width = self.deployment.resolve_size(s)
+        return dict(height=height, width=width)
 
     @torch.no_grad()
     def student(self, prompts: Sequence[str], seeds: Sequence[int], s: GenerationSettings, gens=None, **kw) -> Reference:
         gens = gens if gens is not None else generators(seeds)
         step_kwargs = dict(self.deployment.student_scheduler.step_kwargs)
         latents = self.student_pipe(
-            list(prompts), num_inference_steps=s.student_steps, guidance_scale=s.guidance_scale, generator=gens, output_type="latent", **self._size(), **step_kwargs, **kw
+            list(prompts), num_inference_steps=s.student_steps, guidance_scale=s.guidance_scale, generator=gens, output_type="latent", **self._size(s), **step_kwargs, **kw
         ).images
         return Reference(latents, self.decode(latents).permute(0, 2, 3, 1).numpy())
 
     @torch.no_grad()
     def teacher(self, prompts: Sequence[str], seeds: Sequence[int], s: GenerationSettings, **kw) -> Reference:
         latents = self.teacher_pipe(
-            list(prompts), num_inference_steps=s.teacher_steps, guidance_scale=s.guidance_scale, generator=generators(seeds), output_type="latent", **self._size(), **kw
+            list(prompts), num_inference_steps=s.teacher_steps, guidance_scale=s.guidance_scale, generator=generators(seeds), output_type="latent", **self._size(s), **kw
         ).images
         return Reference(latents, self.decode(latents).permute(0, 2, 3, 1).numpy())
 

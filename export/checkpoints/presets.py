@@ -303,8 +303,8 @@ def write_add_student(directory: Path, preset: str = "tiny-xl", seed: int = 600)
 # projections (Linear), the transformer's 1x1 proj_in (Conv2d in SD1.5) and a resnet 3x3 conv.
 LORA_TARGETS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0", "proj_in", "resnets.0.conv1")
 # The key layout each kind's published file uses, so the tiny checkpoint exercises that path.
-LORA_LAYOUTS = {"lcm-lora": "kohya", "hyper-sd": "kohya", "flash": "diffusers"}
-_LORA_SEEDS = {"lcm-lora": 300, "hyper-sd": 400, "flash": 500}
+LORA_LAYOUTS = {"lcm-lora": "kohya", "hyper-sd": "kohya", "flash": "diffusers", "lightning": "kohya"}
+_LORA_SEEDS = {"lcm-lora": 300, "hyper-sd": 400, "flash": 500, "lightning": 700}
 
 
 def lora_tensors(preset: str = "tiny", seed: int = 300, rank: int = 4) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

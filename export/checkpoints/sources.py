@@ -136,6 +136,17 @@ def _check_student_fits(student: nn.Module, teacher: nn.Module) -> None:
             raise SourceError(f"student: {attr} {got} does not match the teacher's {want}")
 
 
+def size_multiple(vae: nn.Module, *unets: nn.Module) -> int:
+    """The pixel multiple every image side must be: the VAE's 8x times each UNet's downsampling.
+
+    diffusers' pipelines take any multiple of 8 and let the UNet pass odd skip sizes to its
+    upsamplers; that branch depends on the input size, and an exported graph keeps the branch it was
+    traced with, so served sizes keep every UNet level's side whole.
+    """
+    levels = max(len(u.config.block_out_channels) - 1 for u in unets)
+    return 2 ** (len(vae.config.block_out_channels) - 1) * 2**levels
+
+
 def load_sources(sources: Sources) -> LoadedModels:
     from export.models.image_reward import CheckpointError, load_image_reward
 
@@ -159,6 +170,7 @@ def load_sources(sources: Sources) -> LoadedModels:
         latent_size=unet.config.sample_size,
         vae_scale=2 ** (len(vae.config.block_out_channels) - 1),
         timestep_cond_dim=student_unet.config.time_cond_proj_dim,
+        size_multiple=size_multiple(vae, unet, student_unet),
     )
     raw = {"text_encoder": clip, "unet_teacher": unet, "unet_student": student_unet, "vae": vae, "image_reward": reward, "schedule": teacher["schedule"]}
     if family.dual_text:

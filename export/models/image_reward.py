@@ -154,12 +154,17 @@ class ImageRewardScorer(nn.Module):
         self.eval()
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
-        """[B, 3, S, S] in [0, 1] -> the ViT's normalised [B, 3, 224, 224]."""
+        """[B, 3, H, W] in [0, 1] -> the ViT's normalised [B, 3, 224, 224].
+
+        Any size (per-request image sizes): the graph's Resize takes the input's sides at run time.
+        A non-square image is resized to the square, not shorter-side-resized and centre-cropped as
+        upstream's torchvision transform does; square images (every default size) are unaffected.
+        """
         size = self.config.vision.image_size
-        # Skipped while tracing: the spatial dims are static in the spec, and comparing traced
-        # shapes would only bake constants into the graph and raise TracerWarnings.
-        if not torch.jit.is_tracing() and (image.dim() != 4 or image.shape[1] != 3 or image.shape[2] != image.shape[3]):
-            raise ValueError(f"expected a square RGB batch [B, 3, S, S], got {tuple(image.shape)}")
+        # Skipped while tracing: comparing traced shapes would only bake constants into the graph
+        # and raise TracerWarnings.
+        if not torch.jit.is_tracing() and (image.dim() != 4 or image.shape[1] != 3):
+            raise ValueError(f"expected an RGB batch [B, 3, H, W], got {tuple(image.shape)}")
         # Unconditional: at S == size the half-pixel bicubic weights are exactly (0, 1, 0, 0), so it
         # is the identity there and no shape-dependent branch ends up in the graph.
         image = F.interpolate(image, size=(size, size), mode="bicubic", align_corners=False, antialias=False)
