@@ -23,6 +23,7 @@ from bll_python.deployment import MANIFEST, Calibration, Deployment
 from bll_python.layout import assets_dir, clip_tokenizer_2_dir, clip_tokenizer_dir, onnx_path, reward_vocab
 from bll_python.prompts import read_prompts
 from bll_python.settings import GenerationSettings
+from export.checkpoints.errors import SourceError
 from export.checkpoints.sources import LoadedModels, Sources, load_sources
 from export.checkpoints.tokenizers import write_bert_vocab
 from export.defaults import CALIBRATION_PROMPTS, DEFAULT_MAX_ROWS, DEFAULT_ROOT, PRESET_CALIBRATION_PROMPTS
@@ -61,7 +62,7 @@ def make_deployment(
     native = models.dims["latent_size"] * models.dims["vae_scale"]
     low, high = image_sizes or default_size_range(native, models.dims["size_multiple"])
     if not low <= native <= high or low % models.dims["size_multiple"] or high % models.dims["size_multiple"]:
-        raise ValueError(f"image sizes [{low}, {high}] must hold the native {native} and be multiples of {models.dims['size_multiple']}")
+        raise SourceError(f"--image-sizes: got [{low}, {high}]; the range must hold the native {native} and its ends be multiples of {models.dims['size_multiple']}")
     return Deployment(
         min_image_size=low,
         max_image_size=high,
@@ -112,14 +113,17 @@ def export_repository(
     defaults: GenerationSettings | None = None,
     calibration_prompts: Sequence[str] | None = None,
     progress: bool = True,
+    image_sizes: tuple[int, int] | None = None,
 ) -> ExportSummary:
-    """Export ``sources`` into an ONNX Runtime repository at ``repository`` (replacing one there)."""
+    """Export ``sources`` into an ONNX Runtime repository at ``repository`` (replacing one there).
+
+    ``image_sizes``: the (min, max) image side requests may ask for (default: ``default_size_range``)."""
     from export.triton.onnxruntime import write_onnxruntime_repository
 
     start = time.perf_counter()
     repository = Path(repository)
     models = load_sources(sources)
-    deployment = make_deployment(models, preset=preset, max_rows=max_rows, defaults=defaults)
+    deployment = make_deployment(models, preset=preset, max_rows=max_rows, defaults=defaults, image_sizes=image_sizes)
     specs = deployment.specs()
     summary = ExportSummary(repository)
     with _staged(repository) as staging:

@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--name", help="name under artifacts/ (default: the preset, or the student kind)")
     out.add_argument("--force", action="store_true", help="replace an existing export")
     out.add_argument("--max-rows", type=int, default=None, metavar="N", help="largest batch of prompts per model call (default 8)")
+    out.add_argument("--image-sizes", type=int, nargs=2, metavar=("MIN", "MAX"), help="the image sides requests may ask for (height/width), in pixels (default: half to 1.5x the native side)")
     out.add_argument("--quiet", action="store_true", help="no progress bars")
     out.add_argument("--verbose", action="store_true", help="show the libraries' own warnings")
 
@@ -262,6 +263,7 @@ def run(args: argparse.Namespace) -> int:
             defaults=defaults,
             calibration_prompts=prompts,
             progress=progress,
+            image_sizes=tuple(args.image_sizes) if args.image_sizes else None,
         )
     summary.seconds = time.perf_counter() - start
     print(_report(summary, out))

@@ -157,8 +157,10 @@ class StudentKind:
     def defaults_for(self, family: str) -> dict[str, Any]:
         if family not in self.families:
             raise SourceError(f"--student-kind {self.name} has no {family} students; the {family} kinds are {[k.name for k in STUDENT_KINDS.values() if family in k.families]}")
-        # SDXL base's own default guidance is 5.0 (StableDiffusionXLPipeline).
-        return {**self.defaults, **({"guidance_scale": 5.0, **self.xl_defaults} if family == "sdxl" else {})}
+        if family != "sdxl":
+            return dict(self.defaults)
+        # SDXL base's own default guidance is 5.0 (StableDiffusionXLPipeline), unless the kind publishes one.
+        return {"guidance_scale": 5.0, **self.defaults, **self.xl_defaults}
 
 
 STUDENT_KINDS: dict[str, StudentKind] = {
