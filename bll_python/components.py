@@ -52,6 +52,8 @@ class Component:
     held_outputs: int = 0
     # The model families (``bll_python.families``) that deploy it.
     families: tuple[str, ...] = ("sd15", "sdxl")
+    # Deployed only when the export was given its checkpoint (``Deployment.optional_components``).
+    optional: bool = False
 
     def deployment_spec(self, deployment: "Deployment") -> ComponentSpec:
         return self.spec(deployment, deployment.max_rows * self.cfg_rows)
@@ -114,6 +116,23 @@ UNET_TEACHER = Component(
     fp32_rules=(NORMALIZATION, TIME_PROJ),
     tolerance=_UNET_TOLERANCE,
 )
+UNET_REFINER = Component(
+    "unet_refiner",
+    # SDXL-Refiner: conditioned on the second tower only, with aesthetic-score time ids.
+    spec=lambda d, rows: unet_spec(
+        "unet_refiner",
+        max_batch=rows,
+        **{**_latents(d), "text_hidden": d.text_hidden_2, "time_ids_dim": d.refiner_time_ids_dim},
+    ),
+    cfg_rows=2,
+    source="unet_refiner",
+    wrapper="export.models.wrappers:UNet",
+    stage="teacher",
+    fp32_rules=(NORMALIZATION, TIME_PROJ),
+    tolerance=_UNET_TOLERANCE,
+    families=("sdxl",),
+    optional=True,
+)
 VAE_DECODER = Component(
     "vae_decoder",
     spec=lambda d, rows: vae_decoder_spec(latent_channels=d.latent_channels, latent_size=d.latent_size, scale=d.vae_scale, max_batch=rows, latent_range=d.latent_range),
@@ -139,15 +158,15 @@ IMAGE_REWARD = Component(
 )
 
 # Every table keyed by component (engines, configs, reports) follows this order.
-COMPONENTS: dict[str, Component] = {c.name: c for c in (TEXT_ENCODER, TEXT_ENCODER_2, UNET_STUDENT, UNET_TEACHER, VAE_DECODER, IMAGE_REWARD)}
+COMPONENTS: dict[str, Component] = {c.name: c for c in (TEXT_ENCODER, TEXT_ENCODER_2, UNET_STUDENT, UNET_TEACHER, UNET_REFINER, VAE_DECODER, IMAGE_REWARD)}
 COMPONENT_NAMES: tuple[str, ...] = tuple(COMPONENTS)
 # The components every family deploys; the others belong to some families only.
-CORE_COMPONENTS: tuple[str, ...] = tuple(n for n, c in COMPONENTS.items() if set(c.families) >= {"sd15", "sdxl"})
+CORE_COMPONENTS: tuple[str, ...] = tuple(n for n, c in COMPONENTS.items() if set(c.families) >= {"sd15", "sdxl"} and not c.optional)
 
 
-def family_components(family: str) -> dict[str, Component]:
-    """The records a deployment of ``family`` serves, in component order."""
-    return {n: c for n, c in COMPONENTS.items() if family in c.families}
+def family_components(family: str, optional: tuple[str, ...] | list[str] = ()) -> dict[str, Component]:
+    """The records a deployment of ``family`` serves (its ``optional`` ones only if named), in component order."""
+    return {n: c for n, c in COMPONENTS.items() if family in c.families and (not c.optional or n in optional)}
 
 
 def component(name: str) -> Component:

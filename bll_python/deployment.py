@@ -82,6 +82,16 @@ class Deployment:
     min_image_size: int | None = None
     max_image_size: int | None = None
     size_multiple: int = 8
+    # Optional components this export has (``unet_refiner``: SDXL-Refiner).
+    optional_components: list[str] = field(default_factory=list)
+    # SDXL-Refiner (supplement D.3): it refines rows whose rollback ``sigma`` is at most
+    # ``refiner_max_sigma`` (small fixes); larger rollbacks go to the base teacher. Its time ids end in
+    # an aesthetic score (StableDiffusionXLImg2ImgPipeline's ``requires_aesthetics_score``).
+    refiner_max_sigma: float | None = None
+    refiner_time_ids_dim: int | None = None
+    refiner_scheduler: SchedulerRecipe | None = None
+    aesthetic_score: float = 6.0
+    negative_aesthetic_score: float = 2.5
 
     # ------------------------------------------------------------------ specs
 
@@ -119,7 +129,10 @@ class Deployment:
         return self.text_hidden + (self.text_hidden_2 or 0)
 
     def components(self) -> dict[str, Component]:
-        return family_components(self.family)
+        return family_components(self.family, self.optional_components)
+
+    def uses_refiner(self, sigma: float) -> bool:
+        return "unet_refiner" in self.optional_components and self.refiner_max_sigma is not None and sigma <= self.refiner_max_sigma
 
     def specs(self) -> dict[str, ComponentSpec]:
         """Every component's tensors at this deployment's dims, in component order."""
@@ -153,6 +166,8 @@ class Deployment:
         d["student_scheduler"] = SchedulerRecipe(**d["student_scheduler"])
         d["teacher_scheduler"] = SchedulerRecipe(**d["teacher_scheduler"])
         d["defaults"] = GenerationSettings(**d["defaults"])
+        if d.get("refiner_scheduler"):
+            d["refiner_scheduler"] = SchedulerRecipe(**d["refiner_scheduler"])
         if d.get("calibration"):
             d["calibration"] = Calibration(**d["calibration"])
         return cls(**d)

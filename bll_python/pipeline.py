@@ -75,6 +75,8 @@ def select_rows(c: Conditioning, rows: torch.Tensor | slice) -> Conditioning:
     return {k: v[rows] for k, v in c.items()}
 
 
+_SECOND_TOWER = "text_embeddings_2"
+
 # A running pipeline: yields EngineCalls, is sent their outputs, returns the result.
 Program = Generator[EngineCall, Tensors, "BatchResult"]
 
@@ -199,7 +201,19 @@ class AdaptivePipeline:
             return {"encoder_hidden_states": out["text_embeddings"]}
         out_2 = yield EngineCall("text_encoder_2", {"input_ids_2": torch.from_numpy(ids_2).to(self.device)})
         hidden = torch.cat([out["text_embeddings"], out_2["text_embeddings_2"].to(out["text_embeddings"].dtype)], dim=-1)
-        return {"encoder_hidden_states": hidden, "text_embeds": out_2["pooled_embeddings"]}
+        cond = {"encoder_hidden_states": hidden, "text_embeds": out_2["pooled_embeddings"]}
+        if "unet_refiner" in self.deployment.optional_components:
+            # The refiner conditions on the second tower alone (taken out again in the program).
+            cond[_SECOND_TOWER] = out_2["text_embeddings_2"]
+        return cond
+
+    def refiner_conditioning(self, second: torch.Tensor, pooled: torch.Tensor, n: int, height: int, width: int) -> tuple[Conditioning, Conditioning]:
+        """(uncond, cond) for SDXL-Refiner over the 2n text rows: the second tower's states, its pooled
+        vector, and StableDiffusionXLImg2ImgPipeline's aesthetic time ids (size, no crop, score)."""
+        d = self.deployment
+        ids = [[float(height), float(width), 0.0, 0.0, score] for score in [d.negative_aesthetic_score] * n + [d.aesthetic_score] * n]
+        c = {"encoder_hidden_states": second, "text_embeds": pooled, "time_ids": torch.tensor(ids, dtype=torch.float32, device=self.device)}
+        return select_rows(c, slice(0, n)), select_rows(c, slice(n, 2 * n))
 
     def size_conditioning(self, rows: int, height: int, width: int) -> Conditioning:
         """SDXL's ``time_ids`` for each row (the image's own size, no crop); nothing for SD1.5.
@@ -284,6 +298,8 @@ class AdaptivePipeline:
         neg_ids, _ = self.tokenizers.clip_ids(negative)
         ids_2 = np.concatenate([self.tokenizers.clip_ids_2(negative), tokens.clip_ids_2]) if self.family.dual_text else None
         embeddings = yield from timed("text", 2 * n, self.encode_text(np.concatenate([neg_ids, tokens.clip_ids]), ids_2))
+        second = embeddings.pop(_SECOND_TOWER, None)
+        refiner = self.refiner_conditioning(second, embeddings["text_embeds"], n, height, width) if second is not None else None
         embeddings.update(self.size_conditioning(2 * n, height, width))
         uncond, text = select_rows(embeddings, slice(0, n)), select_rows(embeddings, slice(n, 2 * n))
         if self.deployment.zero_empty_negative:
@@ -320,7 +336,10 @@ class AdaptivePipeline:
                 idx = torch.tensor(teacher_rows, device=latents.device)
                 rows_g = [generators[i] for i in teacher_rows]
                 if s.strategy is Strategy.REFINE:
-                    fixed, used = yield from timed("teacher", len(teacher_rows), self._teacher_refine(latents[idx], select_rows(text, idx), select_rows(uncond, idx), rows_g, s, check))
+                    # Small rollbacks go to SDXL-Refiner when the deployment has one (supplement D.3).
+                    r_uncond, r_text = refiner if refiner is not None and self.deployment.uses_refiner(s.sigma) else (uncond, text)
+                    refine = self._teacher_refine(latents[idx], select_rows(r_text, idx), select_rows(r_uncond, idx), rows_g, s, check, use_refiner=r_text is not text)
+                    fixed, used = yield from timed("teacher", len(teacher_rows), refine)
                     route = Route.REFINED
                 else:
                     fixed = yield from timed("teacher", len(teacher_rows), self._teacher_from_noise(noise[idx], select_rows(text, idx), select_rows(uncond, idx), rows_g, s, check))
@@ -349,7 +368,9 @@ class AdaptivePipeline:
 
     # ----------------------------------------------------------------- teacher
 
-    def _teacher(self, s: GenerationSettings) -> _Sampler:
+    def _teacher(self, s: GenerationSettings, use_refiner: bool = False) -> _Sampler:
+        if use_refiner:
+            return _Sampler("unet_refiner", self.deployment.refiner_scheduler or self.deployment.teacher_scheduler, s.guidance_scale, True, None)
         return _Sampler("unet_teacher", self.deployment.teacher_scheduler, s.guidance_scale, True, None)
 
     def _teacher_from_noise(self, noise, text, uncond, generators, s: GenerationSettings, check) -> Generator[EngineCall, Tensors, torch.Tensor]:
@@ -357,9 +378,9 @@ class AdaptivePipeline:
         teacher.set_timesteps(s.teacher_steps, self.device)
         return (yield from teacher.denoise(noise * teacher.scheduler.init_noise_sigma, teacher.scheduler.timesteps, text, uncond, generators, check))
 
-    def _teacher_refine(self, student_latents, text, uncond, generators, s: GenerationSettings, check) -> Generator[EngineCall, Tensors, tuple[torch.Tensor, int]]:
+    def _teacher_refine(self, student_latents, text, uncond, generators, s: GenerationSettings, check, use_refiner: bool = False) -> Generator[EngineCall, Tensors, tuple[torch.Tensor, int]]:
         """img2img in latent space: noise the student latent to ``strength=sigma``, run the tail."""
-        teacher = self._teacher(s)
+        teacher = self._teacher(s, use_refiner)
         sched = teacher.scheduler
         total = refine_schedule_length(s.teacher_steps, s.sigma)
         teacher.set_timesteps(total, self.device)

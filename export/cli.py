@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--student-kind", metavar="KIND", help=f"one of: {kinds} (default with --preset: cd)")
     src.add_argument("--reward", metavar="PATH_OR_HUB_ID", help="original ImageReward.pt (hub: THUDM/ImageReward)")
     src.add_argument("--reward-config", metavar="JSON", help="ImageReward dims; default: the published ImageReward-v1.0")
+    src.add_argument("--refiner", metavar="PATH_OR_HUB_ID", help="SDXL only: SDXL-Refiner (img2img pipeline folder), the teacher for small rollbacks")
+    src.add_argument("--refiner-max-sigma", type=float, default=0.5, metavar="S", help="rows refined with sigma <= S go to the refiner, larger ones to the base (default 0.5)")
     src.add_argument("--list-kinds", action="store_true", help="print the student kinds, their samplers and sources, and exit")
 
     out = p.add_argument_group("output")
@@ -120,7 +122,7 @@ def _calibration_prompts(args: argparse.Namespace) -> list[str] | None:
 
 
 def _real_sources(args: argparse.Namespace, kind: StudentKind, overrides: dict[str, float]):
-    from export.checkpoints.hub import FULL_STUDENT_FILES, REWARD_FILE, TEACHER_FILES, resolve_source
+    from export.checkpoints.hub import FULL_STUDENT_FILES, REFINER_FILES, REWARD_FILE, TEACHER_FILES, resolve_source
     from export.checkpoints.lora import LORA_FILE
     from export.checkpoints.sources import Sources
 
@@ -135,7 +137,17 @@ def _real_sources(args: argparse.Namespace, kind: StudentKind, overrides: dict[s
         reward_config = Path(args.reward_config).expanduser()
         if not reward_config.is_file():
             raise SourceError(f"--reward-config: {reward_config} does not exist")
-    return Sources(teacher=teacher, student=student, student_kind=kind.name, reward=reward, reward_config=reward_config, sampler_overrides=overrides)
+    refiner = resolve_source(args.refiner, "--refiner", patterns=REFINER_FILES) if args.refiner else None
+    return Sources(
+        teacher=teacher,
+        student=student,
+        student_kind=kind.name,
+        reward=reward,
+        reward_config=reward_config,
+        sampler_overrides=overrides,
+        refiner=refiner,
+        refiner_max_sigma=args.refiner_max_sigma,
+    )
 
 
 def _prepare_out(out: Path, force: bool) -> bool:
@@ -215,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
     if args.preset is not None:
         if args.preset not in PRESET_NAMES:
             raise UsageError(f"--preset {args.preset!r} is not a preset; choose one of {list(PRESET_NAMES)}")
-        given = [f"--{f.replace('_', '-')}" for f in ("teacher", "student", "reward", "reward_config") if getattr(args, f)]
+        given = [f"--{f.replace('_', '-')}" for f in ("teacher", "student", "reward", "reward_config", "refiner") if getattr(args, f)]
         if given:
             raise UsageError(f"--preset writes its own random-weight checkpoints; drop {', '.join(given)}")
     else:

@@ -255,6 +255,40 @@ def write_xl_teacher(directory: Path, preset: str = "tiny-xl", seed: int = 0) ->
     return directory
 
 
+def write_xl_refiner(directory: Path, teacher: Path, preset: str = "tiny-xl", seed: int = 800) -> Path:
+    """An SDXL-Refiner-layout img2img folder beside a tiny-xl teacher: the teacher's second tower and
+    VAE (the refiner ships the same ones), a UNet conditioned on the second tower alone with
+    aesthetic-score time ids (5 values), ``requires_aesthetics_score``, no first tower."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline
+    from diffusers import UNet2DConditionModel as UNet
+
+    cfg = _config(preset)
+    assert isinstance(cfg, XLPresetConfig)
+    base = StableDiffusionXLImg2ImgPipeline.from_pretrained(teacher)
+    torch.manual_seed(seed)
+    unet = UNet.from_config(
+        {
+            **dict(_unet(cfg, seed).config),
+            "cross_attention_dim": cfg.text_hidden_2,
+            "projection_class_embeddings_input_dim": 5 * cfg.addition_time_embed_dim + cfg.text_hidden_2,
+        }
+    )
+    _scale_out_init(unet.conv_out, 2.0)
+    pipe = StableDiffusionXLImg2ImgPipeline(
+        vae=base.vae,
+        text_encoder=None,
+        text_encoder_2=base.text_encoder_2,
+        tokenizer=None,
+        tokenizer_2=base.tokenizer_2,
+        unet=unet,
+        scheduler=EulerDiscreteScheduler.from_config(SDXL_SCHEDULE),
+        requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False,
+    )
+    pipe.save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
 def _student_schedule(preset: str) -> dict:
     return SDXL_SCHEDULE if preset_family(preset) == "sdxl" else SD15_SCHEDULE
 

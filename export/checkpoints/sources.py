@@ -46,6 +46,10 @@ class Sources:
     reward_config: Path | None = None
     # Tunable sampler ``step`` arguments of the kind, e.g. ``{"eta": 0.5}`` for hyper-sd's TCD.
     sampler_overrides: dict[str, Any] = field(default_factory=dict)
+    # SDXL-Refiner (an img2img pipeline folder), used to refine rows whose sigma is at most
+    # ``refiner_max_sigma``; larger rollbacks stay with the base teacher (supplement D.3).
+    refiner: Path | None = None
+    refiner_max_sigma: float = 0.5
 
 
 @dataclass
@@ -111,6 +115,24 @@ def load_teacher(path: Path) -> dict[str, Any]:
         parts["text_encoder_2"] = _checked(CLIPTextModelWithProjection.from_pretrained, path / "text_encoder_2", "teacher text_encoder_2")
         parts["tokenizer_2_dir"] = path / "tokenizer_2"
     return parts
+
+
+def load_refiner(path: Path, teacher: dict[str, Any]) -> dict[str, Any]:
+    """SDXL-Refiner's UNet and schedule. Its second tower must be the teacher's (the deployment
+    encodes the prompt once): SDXL-Refiner 1.0 ships the same OpenCLIP bigG as SDXL-Base 1.0."""
+    import torch
+    from transformers import CLIPTextModelWithProjection
+
+    if not teacher["family"].dual_text:
+        raise SourceError(f"refiner: {path} refines SDXL; the teacher is {teacher['family'].name}")
+    _require_dir(path, "refiner", ("model_index.json", "unet", "text_encoder_2", "scheduler"))
+    unet = load_unet_folder(path / "unet", "refiner")
+    tower = _checked(CLIPTextModelWithProjection.from_pretrained, path / "text_encoder_2", "refiner text_encoder_2")
+    ours, theirs = teacher["text_encoder_2"].state_dict(), tower.state_dict()
+    if ours.keys() != theirs.keys() or any(not torch.equal(ours[k], theirs[k]) for k in ours):
+        raise SourceError(f"refiner: {path / 'text_encoder_2'} differs from the teacher's; the refiner must share the base model's second text encoder")
+    schedule = {k: v for k, v in json.loads((path / "scheduler" / "scheduler_config.json").read_text()).items() if not k.startswith("_")}
+    return {"unet": unet, "schedule": schedule}
 
 
 def _check_paths(sources: Sources, kind: StudentKind) -> None:
@@ -182,8 +204,21 @@ def load_sources(sources: Sources) -> LoadedModels:
             time_ids_dim=(unet.config.projection_class_embeddings_input_dim - clip_2.config.projection_dim) // unet.config.addition_time_embed_dim,
             zero_empty_negative=bool(teacher["index"].get("force_zeros_for_empty_prompt", False)),
         )
+    refiner_scheduler = None
+    if sources.refiner is not None:
+        refiner = load_refiner(Path(sources.refiner), teacher)
+        r = refiner["unet"]
+        raw["unet_refiner"] = r
+        refiner_scheduler = teacher_recipe(refiner["schedule"], family.name)
+        dims.update(
+            optional_components=["unet_refiner"],
+            refiner_max_sigma=float(sources.refiner_max_sigma),
+            refiner_time_ids_dim=(r.config.projection_class_embeddings_input_dim - dims["pooled_dim"]) // r.config.addition_time_embed_dim,
+            refiner_scheduler=refiner_scheduler,
+            size_multiple=size_multiple(vae, unet, student_unet, r),
+        )
     return LoadedModels(
-        modules=export_modules(raw, family),
+        modules=export_modules(raw, family, dims.get("optional_components", [])),
         tokenizer_dir=teacher["tokenizer_dir"],
         teacher_scheduler=teacher_recipe(teacher["schedule"], family.name),
         student_scheduler=student_scheduler,

@@ -8,7 +8,7 @@ wrapper (``bll_python.components``); :func:`export_modules` applies them to the 
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -91,8 +91,8 @@ def wrapper_factory(component: Component) -> Callable[[Any], nn.Module]:
     return factory
 
 
-def export_modules(parts: Mapping[str, Any], family: Family = SD15) -> dict[str, nn.Module]:
-    """The export module of every component ``family`` deploys, in eval mode, from the loaded
-    checkpoint ``parts`` (by record ``source``)."""
+def export_modules(parts: Mapping[str, Any], family: Family = SD15, optional: Sequence[str] = ()) -> dict[str, nn.Module]:
+    """The export module of every component ``family`` deploys (its ``optional`` ones if named), in
+    eval mode, from the loaded checkpoint ``parts`` (by record ``source``)."""
     options = {"text_encoder": {"layer": family.text_layer}, "text_encoder_2": {"layer": family.text_layer}}
-    return {name: wrapper_factory(c)(parts[c.source], **options.get(name, {})).eval() for name, c in family_components(family.name).items()}
+    return {name: wrapper_factory(c)(parts[c.source], **options.get(name, {})).eval() for name, c in family_components(family.name, optional).items()}
