@@ -123,12 +123,16 @@ class StepBatcher:
         rows = batch[0].call.rows
         # Only calls of the same shapes merge (per-request image sizes); the others keep their places.
         key = batch[0].call.shape_key
-        for pending in [p for p in queue if p.call.shape_key == key]:
-            if rows + pending.call.rows > share:
-                break
-            rows += pending.call.rows
-            batch.append(pending)
-            queue.remove(pending)
+        kept, full = [], False
+        while queue:
+            pending = queue.popleft()
+            full = full or (pending.call.shape_key == key and rows + pending.call.rows > share)
+            if not full and pending.call.shape_key == key:
+                rows += pending.call.rows
+                batch.append(pending)
+            else:
+                kept.append(pending)
+        queue.extend(kept)
         return batch
 
     async def _lane(self, name: str) -> None:
