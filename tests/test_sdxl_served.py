@@ -129,7 +129,7 @@ def test_a_size_the_deployment_does_not_serve_gets_invalid_arg_naming_height(xl_
 
     with AdaptiveClient(xl_server.grpc_url, "grpc") as client:
         with pytest.raises(InferenceServerException) as err:
-            client.generate(PROMPTS[:1], SEEDS[:1], height=96, width=128, strategy="student_only", **SETTINGS)
+            client.generate(PROMPTS[:1], SEEDS[:1], height=80, width=128, strategy="student_only", **SETTINGS)
         assert "height" in str(err.value) and "[64, 192]" in str(err.value)
         ok = client.generate(PROMPTS[:1], SEEDS[:1], strategy="student_only", **SETTINGS)
     assert ok[0].image.shape == (128, 128, 3)
