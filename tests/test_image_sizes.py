@@ -103,3 +103,15 @@ def test_the_step_batcher_merges_only_calls_of_the_same_size(xl_ort_pipeline):
         alone = pipe([p], [seed], _settings(strategy="student_only", height=h, width=w))
         assert r.images.shape == (1, h, w, 3)
         np.testing.assert_array_equal(r.images, alone.images)
+
+
+def test_a_request_whose_rows_ask_for_different_sizes_is_refused_naming_the_field():
+    from bll_python.serving import parse_request
+
+    column = lambda *values: np.array([[v] for v in values])  # noqa: E731
+    tensors = {"prompt": column(b"a", b"b"), "height": column(64, 128).astype(np.int32)}
+    with pytest.raises(SettingsError) as err:
+        parse_request(tensors, GenerationSettings())
+    assert err.value.field == "height" and "separate requests" in str(err.value)
+    same = parse_request({**tensors, "height": column(64, 64).astype(np.int32)}, GenerationSettings())
+    assert [r.settings.height for r in same] == [64, 64]
