@@ -49,19 +49,40 @@ class TextEncoder2(nn.Module):
         return hidden, out.text_embeds
 
 
-class UNet(nn.Module):
+class _UNet(nn.Module):
+    """SD1.5-family UNets; LCM's guidance embedding enters as ``timestep_cond``."""
+
     def __init__(self, unet: nn.Module) -> None:
         super().__init__()
         self.unet = unet
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor, *conditions: torch.Tensor) -> torch.Tensor:
-        # The spec's optional inputs, in its order: LCM's ``timestep_cond``, then SDXL's
-        # ``text_embeds`` and ``time_ids``.
-        cond_dim = self.unet.config.time_cond_proj_dim
-        timestep_cond = conditions[0] if cond_dim else None
-        added = conditions[1 if cond_dim else 0 :]
-        added_cond_kwargs = {"text_embeds": added[0], "time_ids": added[1]} if added else None
-        return self.unet(sample, timestep, encoder_hidden_states, timestep_cond=timestep_cond, added_cond_kwargs=added_cond_kwargs, return_dict=False)[0]
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor, timestep_cond: torch.Tensor | None = None) -> torch.Tensor:
+        return self.unet(sample, timestep, encoder_hidden_states, timestep_cond=timestep_cond, return_dict=False)[0]
+
+
+class _SdxlUNet(_UNet):
+    """SDXL UNets: the pooled prompt vector and the size (or aesthetic) time ids as added conditions."""
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor, text_embeds: torch.Tensor, time_ids: torch.Tensor) -> torch.Tensor:
+        added = {"text_embeds": text_embeds, "time_ids": time_ids}
+        return self.unet(sample, timestep, encoder_hidden_states, added_cond_kwargs=added, return_dict=False)[0]
+
+
+class _GuidedSdxlUNet(_UNet):
+    """LCM-SDXL: the guidance embedding and SDXL's added conditions, in the spec's order."""
+
+    def forward(
+        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor, timestep_cond: torch.Tensor, text_embeds: torch.Tensor, time_ids: torch.Tensor
+    ) -> torch.Tensor:
+        added = {"text_embeds": text_embeds, "time_ids": time_ids}
+        return self.unet(sample, timestep, encoder_hidden_states, timestep_cond=timestep_cond, added_cond_kwargs=added, return_dict=False)[0]
+
+
+def UNet(unet: nn.Module) -> nn.Module:  # noqa: N802 (a record's wrapper: named like the classes it picks)
+    """The wrapper whose ``forward`` takes this UNet's spec inputs in order (``bll_python.specs.unet_spec``)."""
+    sdxl = unet.config.addition_embed_type == "text_time"
+    guided = unet.config.time_cond_proj_dim is not None
+    return (_GuidedSdxlUNet if guided else _SdxlUNet)(unet) if sdxl else _UNet(unet)
 
 
 class VaeDecoder(nn.Module):
