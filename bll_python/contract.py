@@ -54,9 +54,11 @@ REQUEST_FIELDS: tuple[Field, ...] = (
     Field("k", "float32", True, "percentile of the calibrated student scores to use as tau; exclusive with tau"),
     Field("sigma", "float32", True, "refinement rollback strength (img2img strength)"),
     Field("strategy", "bytes", True, "what to do with the rows below tau"),
+    Field("height", "int32", True, "image height in pixels (default the model's native size); the deployment's range and multiple apply"),
+    Field("width", "int32", True, "image width in pixels (default the model's native size); the deployment's range and multiple apply"),
 )
 
-# Response tensors; `image` dims are filled from the deployment (H, W, 3).
+# Response tensors; `image` is [H, W, 3] at the request's size (dims [-1, -1, 3] when sizes vary).
 RESPONSE_FIELDS: tuple[Field, ...] = (
     Field("image", "uint8", False, "H x W x 3 RGB"),
     Field("score", "float32", False, "ImageReward score of the student sample (teacher_only: of the teacher image)"),

@@ -16,7 +16,7 @@ from bll_python.engines import ComponentError
 from bll_python.serving import CANCELLED, INTERNAL, INVALID_ARG, UNAVAILABLE, error_status
 from bll_python.settings import Route
 
-STAGES = tuple(c.stage for c in COMPONENTS.values())
+STAGES = tuple(dict.fromkeys(c.stage for c in COMPONENTS.values()))
 OUTCOMES = ("success", INVALID_ARG.lower(), CANCELLED.lower(), UNAVAILABLE.lower(), INTERNAL.lower())
 LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
 

@@ -94,6 +94,11 @@ def parse_request(tensors: Mapping[str, np.ndarray | None], defaults: Generation
             rows.append(_row(i, column, columns, defaults))
         except SettingsError as e:
             raise _in_row(e, i, b) from None
+    # One response tensor holds all of a request's images, so they share one size.
+    for side in ("height", "width"):
+        sizes = sorted({getattr(r.settings, side) or 0 for r in rows})
+        if len(sizes) > 1:
+            raise SettingsError(side, f"rows of one request must share one image size, got {sizes}; send rows of other sizes as separate requests")
     return rows
 
 

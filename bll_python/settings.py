@@ -59,8 +59,13 @@ LIMITS: dict[str, Range] = {
     "k": Range(0.0, 100.0),
     "sigma": Range(0.0, 1.0, low_open=True),
     "seed": Range(INT64_MIN, INT64_MAX),
+    # Pixels; the deployment narrows this to what its engine profiles take (Deployment.resolve_size).
+    "height": Range(8, 8192),
+    "width": Range(8, 8192),
 }
-INTEGER_FIELDS = {"student_steps", "teacher_steps", "seed"}
+INTEGER_FIELDS = {"student_steps", "teacher_steps", "seed", "height", "width"}
+# The VAE upsamples latents 8x: an image side is a multiple of 8.
+SIZE_MULTIPLE = 8
 
 # Prompts longer than 77 CLIP tokens are truncated (as diffusers does), so text past a few hundred
 # words is never used; the byte cap only stops a client from making the tokenizer chew megabytes.
@@ -112,6 +117,9 @@ class GenerationSettings:
     sigma: float = 0.7
     tau: float | None = None
     k: float | None = None
+    # Image size in pixels; None: the deployment's native size.
+    height: int | None = None
+    width: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("guidance_scale", "student_steps", "teacher_steps", "sigma"):
@@ -122,6 +130,13 @@ class GenerationSettings:
             object.__setattr__(self, "tau", check_number("tau", self.tau))
         if self.k is not None:
             object.__setattr__(self, "k", check_number("k", self.k))
+        for side in ("height", "width"):
+            value = getattr(self, side)
+            if value is not None:
+                value = check_number(side, value)
+                if value % SIZE_MULTIPLE:
+                    raise SettingsError(side, f"got {value}; expected a multiple of {SIZE_MULTIPLE}")
+                object.__setattr__(self, side, value)
         try:
             object.__setattr__(self, "strategy", Strategy(self.strategy))
         except ValueError:
@@ -144,7 +159,8 @@ class GenerationSettings:
 
     def key(self) -> tuple:
         """Rows whose settings share this key can run as one batch."""
-        return (self.guidance_scale, self.student_steps, self.teacher_steps, self.strategy, self.sigma, self.tau, self.k)
+        # The size is part of the key: rows of different sizes never share a component call.
+        return (self.guidance_scale, self.student_steps, self.teacher_steps, self.strategy, self.sigma, self.tau, self.k, self.height, self.width)
 
     def as_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}

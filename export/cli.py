@@ -2,7 +2,7 @@
 
 Two ways in:
 
-- ``--preset tiny|small``: random-weight checkpoints in the real formats, written and exported in
+- ``--preset tiny|small|tiny-xl``: random-weight checkpoints in the real formats, written and exported in
   one go (what ``make export`` and ``ensure_repository`` do). ``--student-kind`` picks which
   student the preset gets (default ``cd``).
 - ``--teacher --student --student-kind --reward``: real checkpoints, each a local path or a Hugging
@@ -48,12 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     src = p.add_argument_group("checkpoints")
-    src.add_argument("--preset", metavar="tiny|small", help="write random-weight checkpoints in the real formats and export them")
+    src.add_argument("--preset", metavar="tiny|small|tiny-xl", help="write random-weight checkpoints in the real formats and export them")
     src.add_argument("--teacher", metavar="PATH_OR_HUB_ID", help="diffusers SD1.5 pipeline folder")
     src.add_argument("--student", metavar="PATH_OR_HUB_ID", help="full UNet folder (cd, lcm) or LoRA .safetensors / folder (lcm-lora, hyper-sd, flash)")
     src.add_argument("--student-kind", metavar="KIND", help=f"one of: {kinds} (default with --preset: cd)")
     src.add_argument("--reward", metavar="PATH_OR_HUB_ID", help="original ImageReward.pt (hub: THUDM/ImageReward)")
     src.add_argument("--reward-config", metavar="JSON", help="ImageReward dims; default: the published ImageReward-v1.0")
+    src.add_argument("--refiner", metavar="PATH_OR_HUB_ID", help="SDXL only: SDXL-Refiner (img2img pipeline folder), the teacher for small rollbacks")
+    src.add_argument("--refiner-max-sigma", type=float, default=0.5, metavar="S", help="rows refined with sigma <= S go to the refiner, larger ones to the base (default 0.5)")
     src.add_argument("--list-kinds", action="store_true", help="print the student kinds, their samplers and sources, and exit")
 
     out = p.add_argument_group("output")
@@ -61,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--name", help="name under artifacts/ (default: the preset, or the student kind)")
     out.add_argument("--force", action="store_true", help="replace an existing export")
     out.add_argument("--max-rows", type=int, default=None, metavar="N", help="largest batch of prompts per model call (default 8)")
+    out.add_argument("--image-sizes", type=int, nargs=2, metavar=("MIN", "MAX"), help="the image sides requests may ask for (height/width), in pixels (default: half to 1.5x the native side)")
     out.add_argument("--quiet", action="store_true", help="no progress bars")
     out.add_argument("--verbose", action="store_true", help="show the libraries' own warnings")
 
@@ -74,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--teacher-sampler",
         metavar="NAME",
-        default=DEFAULT_TEACHER_SAMPLER,
-        help=f"the teacher's solver, one of: {', '.join(TEACHER_SAMPLERS)} (default {DEFAULT_TEACHER_SAMPLER}; see export/CHECKPOINTS.md)",
+        default=None,
+        help=f"the teacher's solver, one of: {', '.join(TEACHER_SAMPLERS)} (default: the family's, dpm++2m for SD1.5 and unipc for SDXL; see export/CHECKPOINTS.md)",
     )
 
     c = p.add_argument_group("tau calibration")
@@ -89,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------------
 
 
-def _defaults(kind: StudentKind, args: argparse.Namespace):
+def _defaults(kind: StudentKind, args: argparse.Namespace, family: str = "sd15"):
+    """The serving defaults: the kind's published settings for the teacher's family, then the flags."""
     from bll_python.settings import GenerationSettings, SettingsError
 
     given = {
@@ -100,7 +104,7 @@ def _defaults(kind: StudentKind, args: argparse.Namespace):
         "k": args.k,
     }
     try:
-        return GenerationSettings(**{**kind.defaults, **{k: v for k, v in given.items() if v is not None}})
+        return GenerationSettings(**{**kind.defaults_for(family), **{k: v for k, v in given.items() if v is not None}})
     except SettingsError as err:
         raise UsageError(f"--{err.field.replace('_', '-')}: {str(err).split(': ', 1)[-1]}") from None
 
@@ -125,7 +129,7 @@ def _calibration_prompts(args: argparse.Namespace) -> list[str] | None:
 
 
 def _real_sources(args: argparse.Namespace, kind: StudentKind, overrides: dict[str, float]):
-    from export.checkpoints.hub import FULL_STUDENT_FILES, REWARD_FILE, TEACHER_FILES, resolve_source
+    from export.checkpoints.hub import FULL_STUDENT_FILES, REFINER_FILES, REWARD_FILE, TEACHER_FILES, resolve_source
     from export.checkpoints.lora import LORA_FILE
     from export.checkpoints.sources import Sources
 
@@ -140,8 +144,17 @@ def _real_sources(args: argparse.Namespace, kind: StudentKind, overrides: dict[s
         reward_config = Path(args.reward_config).expanduser()
         if not reward_config.is_file():
             raise SourceError(f"--reward-config: {reward_config} does not exist")
+    refiner = resolve_source(args.refiner, "--refiner", patterns=REFINER_FILES) if args.refiner else None
     return Sources(
-        teacher=teacher, student=student, student_kind=kind.name, reward=reward, reward_config=reward_config, sampler_overrides=overrides, teacher_sampler=args.teacher_sampler
+        teacher=teacher,
+        student=student,
+        student_kind=kind.name,
+        reward=reward,
+        reward_config=reward_config,
+        sampler_overrides=overrides,
+        refiner=refiner,
+        refiner_max_sigma=args.refiner_max_sigma,
+        teacher_sampler=args.teacher_sampler,
     )
 
 
@@ -226,24 +239,25 @@ def run(args: argparse.Namespace) -> int:
     if args.preset is not None:
         if args.preset not in PRESET_NAMES:
             raise UsageError(f"--preset {args.preset!r} is not a preset; choose one of {list(PRESET_NAMES)}")
-        given = [f"--{f.replace('_', '-')}" for f in ("teacher", "student", "reward", "reward_config") if getattr(args, f)]
+        given = [f"--{f.replace('_', '-')}" for f in ("teacher", "student", "reward", "reward_config", "refiner") if getattr(args, f)]
         if given:
             raise UsageError(f"--preset writes its own random-weight checkpoints; drop {', '.join(given)}")
     else:
         missing = [f"--{f.replace('_', '-')}" for f in ("teacher", "student", "student_kind", "reward") if not getattr(args, f)]
         if missing:
-            raise UsageError(f"missing {', '.join(missing)} (or use --preset tiny|small)")
+            raise UsageError(f"missing {', '.join(missing)} (or use --preset tiny|small|tiny-xl)")
     if args.max_rows is not None and args.max_rows < 1:
         raise UsageError(f"--max-rows: got {args.max_rows}; expected 1 or more")
     overrides = check_sampler_overrides(kind, {"eta": args.eta} if args.eta is not None else {})
-    teacher_sampler(args.teacher_sampler)
+    if args.teacher_sampler is not None:
+        teacher_sampler(args.teacher_sampler)
     defaults = _defaults(kind, args)
     prompts = _calibration_prompts(args)
 
     from export.build import checkpoint_dir, export_repository
 
     name = args.name or ((args.preset if kind.name == "cd" else f"{args.preset}-{kind.name}") if args.preset else kind.name)
-    if not args.name and args.teacher_sampler != DEFAULT_TEACHER_SAMPLER:
+    if not args.name and args.teacher_sampler not in (None, DEFAULT_TEACHER_SAMPLER):
         name = f"{name}-{args.teacher_sampler}"  # another teacher is another export
     out = Path(args.out).expanduser() if args.out else Path(DEFAULT_ROOT) / name / "repository"
     if _prepare_out(out, args.force) and not args.force:
@@ -264,6 +278,9 @@ def run(args: argparse.Namespace) -> int:
             sources.teacher_sampler = args.teacher_sampler
         else:
             sources = _real_sources(args, kind, overrides)
+        from export.checkpoints.sources import teacher_family
+
+        defaults = _defaults(kind, args, teacher_family(Path(sources.teacher)).name)
         if progress:
             what = "fusing the student LoRA into a copy of the teacher UNet" if kind.is_lora else "loading the student UNet"
             print(f"loading the teacher, {what}, loading ImageReward ...", file=sys.stderr)
@@ -275,6 +292,7 @@ def run(args: argparse.Namespace) -> int:
             defaults=defaults,
             calibration_prompts=prompts,
             progress=progress,
+            image_sizes=tuple(args.image_sizes) if args.image_sizes else None,
         )
     summary.seconds = time.perf_counter() - start
     print(_report(summary, out))

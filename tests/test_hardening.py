@@ -688,7 +688,8 @@ def test_a_component_call_that_waits_past_component_timeout_ms_is_unavailable_na
     spec = deployment.specs()["unet_teacher"]
     direct = []
     for t in spec.inputs:
-        shape = [1, *(d for d in t.dims if d != BATCH)] if len(t.dims) > 1 else [1, 1]  # per-row scalars travel as [B, 1]
+        # One row at the native size; per-row scalars travel as [B, 1].
+        shape = list(t.shape(spec.sizes(**{BATCH: 1}))) if len(t.dims) > 1 else [1, 1]
         direct.append(_tensor(t.name, np.zeros(shape, dtype=np.float32), "FP32"))
     client = grpcclient.InferenceServerClient(url)
     busy = Path(str(fault_flag) + ".busy")

@@ -77,7 +77,14 @@ def test_profile_rows_are_the_spec_at_min_opt_max(specs, deployment):
         for tensor in spec.inputs:
             lo, opt, hi = rows[tensor.name]
             assert (lo[0], hi[0]) == (1, spec.max_batch), f"{name}.{tensor.name}: batch runs 1..max"
-            assert lo[1:] == opt[1:] == hi[1:] == tensor.shape(spec.sizes())[1:], "only the batch axis is dynamic"
+            # Besides the batch, only the image sides (per-request height/width) vary, over the
+            # deployment's size range; every other dim is fixed.
+            fixed = [i for i, d in enumerate(tensor.dims) if not isinstance(d, str)]
+            assert [lo[i] for i in fixed] == [opt[i] for i in fixed] == [hi[i] for i in fixed], f"{name}.{tensor.name}"
+            for i, d in enumerate(tensor.dims):
+                if d in ("latent_height", "latent_width", "image_height", "image_width"):
+                    scale = 1 if d.startswith("image") else deployment.vae_scale
+                    assert (lo[i] * scale, opt[i] * scale, hi[i] * scale) == (deployment.min_image_size, deployment.image_size, deployment.max_image_size)
 
 
 def test_unet_and_text_encoder_profiles_hold_the_cfg_doubled_batch(specs, deployment):

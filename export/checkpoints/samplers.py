@@ -67,6 +67,13 @@ TEACHER_SAMPLERS: dict[str, TeacherSampler] = {
     )
 }
 DEFAULT_TEACHER_SAMPLER = "dpm++2m"
+# The solver the paper runs each family's teacher with, when the deployment names none.
+FAMILY_TEACHER_SAMPLERS = {"sd15": "dpm++2m", "sdxl": "unipc"}
+
+
+def family_teacher_sampler(family: str) -> str:
+    """The paper's teacher solver for a model family (``bll_python.families``): UniPC for SDXL."""
+    return FAMILY_TEACHER_SAMPLERS.get(family, DEFAULT_TEACHER_SAMPLER)
 
 
 def teacher_sampler(name: str) -> TeacherSampler:

@@ -147,7 +147,8 @@ def bls_config(deployment: Deployment, *, instances: int = 1, device: str = "cpu
     ``device="cuda"`` runs its instances on GPUs with the pipeline on the GPU: the BLS model.py reads
     ``device``, the Python backend ``FORCE_CPU_ONLY_INPUT_TENSORS``.
     """
-    size = deployment.image_size
+    # [-1, -1, 3] when the deployment serves per-request sizes.
+    size = -1 if deployment.image_range else deployment.image_size
     config = mc.ModelConfig(
         name=BLS_MODEL,
         backend="python",
