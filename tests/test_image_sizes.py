@@ -37,8 +37,10 @@ def test_deployments_record_the_sizes_their_engines_take(deployment, xl_deployme
     unet = xl_deployment.specs()["unet_teacher"]
     assert unet.tensor("sample").dims[2:] == ("latent_height", "latent_width")
     assert (unet.profile["latent_height"].min, unet.profile["latent_height"].opt, unet.profile["latent_height"].max) == (8, 16, 24)
+    # ImageReward takes the native size only: its graph holds upstream's resize for that size, and
+    # the pipeline brings other sizes there before the call.
     reward = xl_deployment.specs()["image_reward"]
-    assert reward.tensor("image").dims[2:] == ("image_height", "image_width")
+    assert reward.tensor("image").dims[2:] == (128, 128)
 
 
 @pytest.mark.parametrize("height, width, field", [(80, 128, "height"), (128, 256, "width"), (32, 128, "height"), (128, 100, "width")])
@@ -82,7 +84,9 @@ def test_the_exported_graphs_take_every_size_of_the_range(family, torch_pipeline
         a, b = torch_pipe(PROMPTS[:1], SEEDS[:1], s), ort_pipe(PROMPTS[:1], SEEDS[:1], s)
         assert b.images.shape == (1, height, width, 3)
         assert float((a.images_float - b.images_float).abs().max()) < 1e-3
-        assert abs(float(a.scores[0] - b.scores[0])) < 1e-4
+        # The reward graph rounds to 8-bit levels as upstream's PIL path does, so an image difference
+        # far below 1/255 can still flip a level: scores agree to 1e-3, not to float precision.
+        assert abs(float(a.scores[0] - b.scores[0])) < 1e-3
 
 
 def test_the_step_batcher_merges_only_calls_of_the_same_size(xl_ort_pipeline):

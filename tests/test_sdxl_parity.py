@@ -148,6 +148,8 @@ def test_onnxruntime_graphs_equal_torch_through_the_sdxl_pipeline(xl_torch_pipel
         a = xl_torch_pipeline(PROMPTS, SEEDS, s)
         b = xl_ort_pipeline(PROMPTS, SEEDS, s)
         assert a.routes == b.routes
-        assert np.abs(a.scores - b.scores).max() < 1e-4
+        # The reward graph rounds to 8-bit levels as upstream's PIL path does, so an image difference
+        # far below 1/255 can still flip a level: scores agree to 1e-3, not to float precision.
+        assert np.abs(a.scores - b.scores).max() < 1e-3
         err = _err(a.images_float, b.images_float)
         assert err < ORT_IMAGE_ATOL, f"{strategy}: ORT vs torch images differ by {err:.2e}"
