@@ -29,6 +29,7 @@ from export.launcher.config import (
 )
 from export.launcher.process import ServerStartError, TritonServer, exit_with_parent
 from bll_python.restarts import restarts_env
+from export.gateway.process import GatewayError
 from export.launcher.watchdog import ON_CRASH, RestartPolicy, supervise
 
 # The status for "down, restart me": a crash under --on-crash exit, or a spent restart budget.
@@ -82,6 +83,8 @@ def _parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--restart-window", type=float, default=policy.window_s, metavar="SECONDS")
     parser.add_argument("--restart-backoff", type=float, default=policy.backoff_s, metavar="SECONDS", help="wait before the second restart in a window; doubles for each further one")
     parser.add_argument("--max-restart-backoff", type=float, default=policy.max_backoff_s, metavar="SECONDS")
+    parser.add_argument("--gateway-port", type=int, help="also run the HAProxy gateway (export/gateway) on this port in front of the server")
+    parser.add_argument("--gateway-host", default=DEFAULT_HOST, help="the gateway's bind address (0.0.0.0: reachable from other hosts)")
     parser.add_argument("--exit-with-parent", action="store_true", help="stop when the process that started this one exits (for programs that run the launcher as a child)")
     return parser.parse_args(argv), extra
 
@@ -103,6 +106,16 @@ def _banner(server: TritonServer) -> str:
         f"(gRPC metadata {GRPC_RESTRICTED_PREFIX + server.admin_header!r})\n"
         "Ctrl-C or SIGTERM stops it."
     )
+
+
+def _start_gateway(repository: Path, server: TritonServer, host: str, port: int):
+    from export.gateway.config import GatewayConfig
+    from export.gateway.process import Gateway
+
+    # The gateway outlives server restarts: its health checks route around a server that is down.
+    gateway = Gateway(GatewayConfig.for_repository(repository, [(server.config.http_url.rsplit(":", 1)[0], server.http_port)], host=host, port=port))
+    gateway.start()
+    return gateway
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -146,12 +159,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise _Interrupted  # unblock wait_ready()
 
     crashed = False
+    gateway = None
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.start()
         server.wait_ready()
         ready.set()
-        print(_banner(server), flush=True)
+        if args.gateway_port:
+            gateway = _start_gateway(repository, server, args.gateway_host, args.gateway_port)
+        print(_banner(server) + (f"\n  gateway  http://{gateway.url} (inference, health and metadata of adaptive_diffusion only)" if gateway else ""), flush=True)
         outcome = supervise(
             server,
             stop_requested,
@@ -164,6 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         crashed = not outcome.stopped
     except _Interrupted:
         pass
+    except GatewayError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        server.stop()
+        return 1
     except ServerStartError as exc:
         # Its log was already echoed; the message repeats the tail for when it scrolled away.
         print(f"error: {exc}", file=sys.stderr)
@@ -172,6 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        if gateway is not None:
+            gateway.stop()
         code = server.stop(sig=received[0] if received else signal.SIGTERM)
 
     if received:
