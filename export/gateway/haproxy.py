@@ -84,6 +84,10 @@ frontend adaptive_diffusion
 
 backend inference
     balance leastconn
+    # Triton 2.51's Python backend answers a request that reaches a dead BLS stub with INTERNAL (500,
+    # "Stub process '...' is not healthy."): it is the launcher's to restart, the client's to retry.
+    http-response wait-for-body time 1s if {{ status 500 }}
+    http-response set-status 503 if {{ status 500 }} {{ res.body -m sub "is not healthy" }}
     option httpchk GET /v2/health/ready
     http-check expect status 200
 {servers}
