@@ -196,7 +196,7 @@ BLS_BAD_INPUTS: list[tuple[str, dict[str, Any], str, tuple[str, ...]]] = [
     ("empty prompt", dict(prompts=[""]), "prompt", ("got ''", "blank")),
     ("blank prompt", dict(prompts=["   "]), "prompt", ("got '   '", "blank")),
     ("invisible prompt", dict(prompts=["\u200b\u3164\u200e"]), "prompt", ("\\u200b", "no visible character")),
-    ("sigma whose refine schedule is too long", dict(teacher_steps=100, sigma=1e-6), "sigma", ("teacher_steps=100", "exceed 1000 steps", "sigma >= teacher_steps / 1000")),
+    ("sigma whose refine schedule is too long", dict(teacher_steps=100, sigma=0.05), "sigma", ("teacher_steps=100", "exceed 1000 steps", "sigma >= teacher_steps / 1000")),
     ("sigma below the floor", dict(sigma=1e-30), "sigma", ("[0.001, 1]",)),
     ("non-UTF-8 prompt", dict(prompts=[b"\xff\xfe a cat"]), "prompt", ("\\xff\\xfe", "not valid UTF-8")),
     ("non-UTF-8 negative prompt", dict(negative_prompt=b"\xc3\x28"), "negative_prompt", ("not valid UTF-8",)),
