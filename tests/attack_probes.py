@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 from dataclasses import dataclass
 
 MODEL = "adaptive_diffusion"
@@ -60,15 +61,31 @@ def component_infer(component: str = "unet_teacher") -> Probe:
 
 
 def send(hostport: str, probe: Probe, timeout: float = 60.0) -> tuple[int, bytes]:
-    """The status and body the server answers; status 0 when the connection broke instead."""
+    """The status and body the server answers; status 0 when the connection broke with no answer.
+
+    Raw socket, so a server that answers before the body is sent (413) and closes is still heard, and
+    a ``Transfer-Encoding: chunked`` probe is sent as real chunks.
+    """
     host, port = hostport.rsplit(":", 1)
-    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    headers = {"Host": hostport, "Content-Type": "application/json", "Connection": "close", **dict(probe.headers)}
+    body = probe.body
+    if headers.get("Transfer-Encoding") == "chunked":
+        body = (b"%x\r\n" % len(body) + body + b"\r\n" if body else b"") + b"0\r\n\r\n"
+    elif body or probe.method == "POST":
+        headers["Content-Length"] = str(len(body))
+    head = f"{probe.method} {probe.path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
     try:
-        headers = {"Content-Type": "application/json", **dict(probe.headers)}
-        conn.request(probe.method, probe.path, body=probe.body or None, headers=headers)
-        response = conn.getresponse()
-        return response.status, response.read()
-    except (ConnectionError, http.client.HTTPException, OSError):
+        sock = socket.create_connection((host, int(port)), timeout=timeout)
+    except OSError:
         return 0, b""
-    finally:
-        conn.close()
+    with sock:
+        try:
+            sock.sendall(head.encode() + body)
+        except OSError:  # the server answered early and closed: read what it said
+            pass
+        try:
+            response = http.client.HTTPResponse(sock)
+            response.begin()
+            return response.status, response.read()
+        except (OSError, http.client.HTTPException):
+            return 0, b""

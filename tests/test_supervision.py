@@ -109,6 +109,7 @@ def _run(monkeypatch, script: list[Any], *args: str) -> int:
     from export.launcher import cli
 
     monkeypatch.setattr(watchdog, "POLL_S", 0.005)
+    monkeypatch.setattr(watchdog, "EXIT_GRACE_S", 0.01)
     monkeypatch.setattr(cli, "TritonServer", _ScriptedServer)
     _ScriptedServer.script = script
     return cli.main(["--repository", "unused", "--restart-backoff", "0", "--max-restart-backoff", "0", *args])
@@ -128,6 +129,25 @@ def test_a_crash_restarts_the_server_says_why_and_counts_it_for_the_metric(monke
     assert said in err and f"reason {reason}" in err
     assert launcher_restarts(server.envs[0])[reason] == 0, "the first start publishes zeros"
     assert launcher_restarts(server.envs[1])[reason] == 1, "the restarted server publishes the restart"
+
+
+def test_a_server_that_dies_just_after_its_stubs_is_reported_by_its_signal(monkeypatch, capsys):
+    # Triton aborting takes its stubs down first: the stubs are seen dead while the server still runs.
+    class DyingServer(_ScriptedServer):
+        def crashed_stubs(self) -> list[str]:
+            if self.life == "abort":
+                self.life = -6  # the server is gone by the time the watchdog looks again
+                return ["adaptive_diffusion_0_0"]
+            return []
+
+    from export.launcher import cli
+
+    monkeypatch.setattr(watchdog, "POLL_S", 0.005)
+    monkeypatch.setattr(cli, "TritonServer", DyingServer)
+    DyingServer.script = ["abort", "stay"]
+    assert cli.main(["--repository", "unused", "--restart-backoff", "0", "--max-restart-backoff", "0"]) == 0
+    assert "reason SIGABRT" in capsys.readouterr().err
+    assert launcher_restarts(DyingServer.last.envs[1]) == {**{r: 0 for r in RESTART_REASONS}, "SIGABRT": 1}
 
 
 @pytest.mark.parametrize("life", ["stub", -11])

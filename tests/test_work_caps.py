@@ -101,3 +101,24 @@ def test_a_prompt_of_only_invisible_characters_is_blank(text):
 def test_a_prompt_with_any_visible_character_is_not_blank(text):
     assert not is_blank(text)
     assert parse_request({"prompt": _col([text.encode()])}, GenerationSettings())[0].prompt == text
+
+
+def test_the_admission_queue_holds_what_the_machine_finishes_in_the_wait_budget_and_one_per_instance():
+    from export.triton.placement import ADMISSION_WAIT_S, admission_queue_size
+
+    assert admission_queue_size(8, 0.1) == int(ADMISSION_WAIT_S / 0.1)
+    assert admission_queue_size(8, 5.0) == 8, "never fewer than one waiting request per instance"
+    assert admission_queue_size(3, None) == 3, "uncalibrated: one per instance"
+    with pytest.raises(ValueError):
+        admission_queue_size(0, 1.0)
+
+
+def test_the_expected_image_time_follows_the_budget_rule(deployment):
+    from dataclasses import replace
+
+    from bll_python.deployment import Calibration
+
+    d = replace(deployment, calibration=Calibration([0.0] * 101, 1, {}, student_seconds_per_image=0.2), default_k=50.0)
+    s = d.defaults
+    assert d.expected_image_seconds() == pytest.approx(0.2 * (s.student_steps + 0.5 * s.teacher_steps) / s.student_steps)
+    assert replace(d, calibration=None).expected_image_seconds() is None

@@ -31,6 +31,7 @@ ON_CRASH = ("restart", "exit")
 ON_STUB_CRASH = ON_CRASH  # the flag's older name
 POLL_S = 0.5
 STUB_CHECK_EVERY = 4  # polls; reading /proc for the stubs every 2 s is plenty
+EXIT_GRACE_S = 3.0  # after stubs are found dead, how long to watch for the server itself exiting
 
 
 def stub_processes(server_pid: int | None) -> dict[str, int]:
@@ -141,8 +142,14 @@ def supervise(
     polls = 0
     while not stop.wait(POLL_S):
         polls += 1
+        crashed = server.crashed_stubs() if server.is_alive() and polls % STUB_CHECK_EVERY == 0 else []
+        if crashed:
+            # A dying server takes its stubs first: give it a moment to be seen dying, so the reason
+            # is its signal rather than "stub died".
+            deadline = time.monotonic() + EXIT_GRACE_S
+            while server.is_alive() and time.monotonic() < deadline:
+                time.sleep(0.05)
         if server.is_alive():
-            crashed = server.crashed_stubs() if polls % STUB_CHECK_EVERY == 0 else []
             if not crashed:
                 continue
             reason = "stub_died"
