@@ -18,7 +18,6 @@ import shutil
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest

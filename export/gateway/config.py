@@ -8,7 +8,7 @@ admission queue, so the gateway never forwards more requests than a server admit
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from bll_python.contract import REQUEST_FIELDS
@@ -47,7 +47,7 @@ class GatewayConfig:
     server_timeout_s: float = 600.0
     header_timeout_s: float = 10.0
     max_client_connections: int = 256
-    extra_allowed_paths: tuple[str, ...] = field(default=())
+    extra_allowed_paths: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.upstreams:
