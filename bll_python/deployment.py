@@ -43,6 +43,8 @@ class Calibration:
     percentiles: list[float]
     prompts: int
     settings: dict[str, Any]
+    # Wall time per student sample (student steps, decode, ImageReward) on the exporting machine.
+    student_seconds_per_image: float | None = None
 
     def tau(self, k: float) -> float:
         k = check_number("k", k)
@@ -149,6 +151,16 @@ class Deployment:
         return self.calibration.tau(settings.k if settings.k is not None else self.default_k)
 
     # ------------------------------------------------------------------ io
+
+    def expected_image_seconds(self) -> float | None:
+        """Seconds the whole machine spends on one image at the default settings, from the calibration's
+        student timing and the budget rule (a teacher step costs about a student step); None uncalibrated."""
+        c = self.calibration
+        if c is None or not c.student_seconds_per_image:
+            return None
+        d = self.defaults
+        steps = d.student_steps + (1.0 - self.default_k / 100.0) * d.teacher_steps
+        return c.student_seconds_per_image * steps / d.student_steps
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

@@ -8,11 +8,13 @@ Every labelled series is created at start, so a scrape shows zeros rather than m
 
 from __future__ import annotations
 
+import os
 from types import ModuleType
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from bll_python.components import COMPONENTS
 from bll_python.engines import ComponentError
+from bll_python.restarts import launcher_restarts
 from bll_python.serving import CANCELLED, INTERNAL, INVALID_ARG, UNAVAILABLE, error_status
 from bll_python.settings import Route
 
@@ -22,7 +24,7 @@ LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 
 class ServingMetrics:
-    def __init__(self, pb_utils: ModuleType, components: Iterable[str] = ()) -> None:
+    def __init__(self, pb_utils: ModuleType, components: Iterable[str] = (), environ: Mapping[str, str] | None = None) -> None:
         # A Metric is only valid while its MetricFamily lives, so the families are kept here.
         self._families: list[object] = []
 
@@ -43,6 +45,12 @@ class ServingMetrics:
         self.requests = {o: requests.Metric(labels={"outcome": o}) for o in OUTCOMES}
         self._component_errors = family("adaptive_component_errors_total", "Requests failed by a component model, by component", kinds.COUNTER)
         self.component_errors = {c: self._component_errors.Metric(labels={"component": c}) for c in components}
+        restarts = family("adaptive_launcher_restarts", "Restarts of tritonserver by the launcher since it started, by reason", kinds.GAUGE)
+        # A gauge set to the launcher's count: every BLS instance sets the same value, idempotently.
+        self.restarts = {}
+        for reason, count in launcher_restarts(os.environ if environ is None else environ).items():
+            self.restarts[reason] = restarts.Metric(labels={"reason": reason})
+            self.restarts[reason].set(count)
         self.histogram = hasattr(kinds, "HISTOGRAM")
         if self.histogram:
             stage = family("adaptive_stage_seconds", "Latency of each pipeline stage per batch", kinds.HISTOGRAM)

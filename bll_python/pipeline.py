@@ -23,7 +23,6 @@ many programs into shared component calls. The algorithm is written once, whatev
 from __future__ import annotations
 
 import inspect
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Generator, Sequence
@@ -35,7 +34,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from bll_python.deployment import Deployment, SchedulerRecipe
 from bll_python.engines import Engines
 from bll_python.families import family, sdxl_time_ids
-from bll_python.settings import GenerationSettings, Route, SettingsError, Strategy
+from bll_python.settings import GenerationSettings, Route, SettingsError, Strategy, refine_schedule_length  # noqa: F401 (re-exported)
 from bll_python.text import PromptTokenizers
 
 StageObserver = Callable[[str, float, int], None]
@@ -108,17 +107,6 @@ class BatchResult:
     truncated: list[bool]
     tau: float | None
     teacher_rows: list[int] = field(default_factory=list)
-
-
-def refine_schedule_length(teacher_steps: int, sigma: float) -> int:
-    """Smallest schedule length N whose img2img tail at ``strength=sigma`` is ``teacher_steps`` long.
-
-    diffusers' img2img runs the last ``int(N * strength)`` of N steps, so N ~ teacher_steps / sigma.
-    """
-    n = max(teacher_steps, math.ceil(teacher_steps / sigma - 1e-9))
-    while int(n * sigma) < teacher_steps:
-        n += 1
-    return n
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

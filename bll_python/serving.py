@@ -15,7 +15,7 @@ import numpy as np
 from bll_python.contract import REQUEST_FIELDS, RESPONSE_FIELDS, SETTING_FIELDS
 from bll_python.engines import ComponentError
 from bll_python.pipeline import AdaptivePipeline, Cancelled, StageObserver
-from bll_python.settings import MAX_TEXT_BYTES, GenerationSettings, SettingsError, check_number
+from bll_python.settings import MAX_TEXT_BYTES, GenerationSettings, SettingsError, check_number, is_blank
 
 _FIELDS = {f.name: f for f in REQUEST_FIELDS}
 _NUMERIC_KINDS = {"float32": "f", "int32": "iu", "int64": "iu"}
@@ -104,8 +104,9 @@ def parse_request(tensors: Mapping[str, np.ndarray | None], defaults: Generation
 
 def _row(i: int, prompts: np.ndarray, columns: Mapping[str, np.ndarray], defaults: GenerationSettings) -> Row:
     prompt = _text("prompt", prompts[i])
-    if not prompt.strip():
-        raise SettingsError("prompt", f"got {prompt!r}, which is empty; expected at least one non-space character")
+    if is_blank(prompt):
+        shown = prompt.encode("unicode_escape").decode("ascii")[:48]
+        raise SettingsError("prompt", f"got '{shown}', which is blank (no visible character); expected at least one visible character")
     negative = _text("negative_prompt", columns["negative_prompt"][i]) if "negative_prompt" in columns else ""
     seed = check_number("seed", int(columns["seed"][i])) if "seed" in columns else 0
     given: dict[str, object] = {}

@@ -146,6 +146,8 @@ def export_repository(
             deployment.calibration = calibrate_repository(staging, calibration_prompts, deployment.defaults, batch=max_rows, progress=progress)
             summary.calibration = deployment.calibration
             deployment.save(assets)
+            # The BLS admission queue is sized from the calibration's timing (placement.admission_queue_size).
+            write_onnxruntime_repository(staging, deployment)
     summary.seconds = time.perf_counter() - start
     return summary
 

@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--student-steps", type=int, metavar="N")
     d.add_argument("--teacher-steps", type=int, metavar="N")
     d.add_argument("--guidance-scale", type=float, metavar="W", help="teacher CFG scale; also the student's for cd (CFG) and lcm (w-embedding)")
-    d.add_argument("--sigma", type=float, metavar="S", help="refinement rollback strength in (0, 1]")
+    d.add_argument("--sigma", type=float, metavar="S", help="refinement rollback strength in [0.001, 1] (and >= teacher_steps / 1000 when refining)")
     d.add_argument("--k", type=float, metavar="K", help="default percentile for tau (0..100)")
     d.add_argument("--eta", type=float, metavar="ETA", help="TCD stochasticity in [0, 1] (hyper-sd only; default 0.3)")
     d.add_argument(

@@ -206,7 +206,7 @@ def test_a_bad_request_gets_invalid_arg_naming_the_field_and_its_batch_neighbour
     assert_answers(responses[0], good, alone)
     assert_answers(responses[2], good, alone)
     error = responses[1].error()
-    assert error.code() == "INVALID_ARG" and error.message().startswith("sigma: ") and "(0, 1]" in error.message()
+    assert error.code() == "INVALID_ARG" and error.message().startswith("sigma: ") and "[0.001, 1]" in error.message()
     assert server.pb.metric("adaptive_requests_total", outcome="invalid_arg") == 1
 
 

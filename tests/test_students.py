@@ -472,7 +472,7 @@ def test_cli_usage_errors_are_one_line_with_status_2(base, capsys):
         (["--teacher", str(base["teacher"])], "missing --student, --student-kind, --reward"),
         (["--preset", "huge"], "--preset 'huge' is not a preset"),
         (["--preset", "tiny", "--student-kind", "flash", "--eta", "0.5"], "--eta does not apply to --student-kind flash"),
-        (["--preset", "tiny", "--sigma", "1.5"], "--sigma: got 1.5; allowed range (0, 1]"),
+        (["--preset", "tiny", "--sigma", "1.5"], "--sigma: got 1.5; allowed range [0.001, 1]"),
         (["--preset", "tiny", "--student-steps", "four"], "argument --student-steps: invalid int value: 'four'"),
     ]
     for argv, message in cases:

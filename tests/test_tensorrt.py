@@ -197,8 +197,11 @@ def test_gpu_bls_config_keeps_tensors_on_the_gpu(deployment):
     assert params["FORCE_CPU_ONLY_INPUT_TENSORS"] == "no" and params["device"] == "cuda"
     (group,) = config.instance_group
     assert (group.kind, group.count, list(group.gpus)) == (mc.ModelInstanceGroup.KIND_GPU, 2, [1])
-    # One request per execution, as on the CPU: components merge the concurrent instances' calls.
-    assert not config.HasField("dynamic_batching")
+    # One request per execution, as on the CPU: components merge the concurrent instances' calls. The
+    # BLS's batcher only bounds its queue (admission control).
+    batching = config.dynamic_batching
+    assert list(batching.preferred_batch_size) == [1] and batching.max_queue_delay_microseconds == 0
+    assert batching.default_queue_policy.max_queue_size >= 2
 
 
 # ---------------------------------------------------------------------------------------------
