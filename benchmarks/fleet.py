@@ -6,8 +6,8 @@
         fleet.wait_state(fleet.upstreams[0].name, "DOWN")  # the balancer's health checks saw it
 
 Each server runs the launcher as a child (``ServerProcess``) on free ports, from one repository whose
-configs are written for one core's share of the host (``fleet_repository``: N servers on a small
-machine share its cores, and each BLS instance is a process of its own that holds ~0.4 GB). The
+configs are written for one core's share of the host and two BLS instances (``fleet_repository``: N
+servers on a small machine share its cores, and each BLS instance is a process of ~0.4 GB). The
 balancer's configuration is ``export.deploy.balancer``'s, the same generator as the cluster's; its
 state is read from HAProxy's stats socket (``show stat``), never guessed from time.
 """
@@ -23,6 +23,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from bll_python.deployment import Deployment
 from bll_python.layout import assets_dir
@@ -47,12 +48,25 @@ def haproxy_binary() -> str:
     return path
 
 
-def fleet_repository(source: Path, target: Path, cores_per_server: int = 1) -> Path:
-    """A copy of the ONNX Runtime repository ``source`` with instances for ``cores_per_server`` cores."""
+@dataclass(frozen=True)
+class FleetPlacement(CpuPlacement):
+    """One server's share of a host that runs several: its cores' component instances, and ``bls``
+    BLS instances instead of ``BLS_PER_CORE`` per core (each is a process of ~0.4 GB; a fleet of
+    servers on one small machine keeps them to what its clients keep in flight)."""
+
+    bls: int = 2
+
+    @property
+    def bls_instances(self) -> int:
+        return self.bls
+
+
+def fleet_repository(source: Path, target: Path, placement: CpuPlacement = FleetPlacement(cores=1)) -> Path:
+    """A copy of the ONNX Runtime repository ``source`` with the instances of ``placement``."""
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
-    write_onnxruntime_repository(target, Deployment.load(assets_dir(target)), CpuPlacement(cores_per_server))
+    write_onnxruntime_repository(target, Deployment.load(assets_dir(target)), placement)
     return target
 
 

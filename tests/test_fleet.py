@@ -75,6 +75,7 @@ def test_every_metric_the_dashboard_and_autoscaler_read_is_exported(fleet):
 def test_metric_names_are_read_out_of_promql():
     expr = 'histogram_quantile(0.99, sum by (le, stage) (rate(adaptive_stage_seconds_bucket{model="x"}[2m]))) / clamp_min(foo_total, 1e-9)'
     assert metric_names(expr) == {"adaptive_stage_seconds_bucket", "foo_total"}
+    assert metric_names("rate(x_us[2m]) / 1e6 / clamp_min(y, 1.5e-9) * 2") == {"x_us", "y"}
     assert metric_names("avg_over_time(<<.Series>>{<<.LabelMatchers>>}[1m])") == set()
 
 

@@ -112,7 +112,7 @@ def dashboard() -> dict[str, Any]:
 _PROMQL_WORDS = {
     "sum", "avg", "min", "max", "count", "by", "without", "rate", "irate", "increase", "histogram_quantile",
     "clamp_min", "clamp_max", "avg_over_time", "max_over_time", "ignoring", "on", "group_left", "group_right",
-    "and", "or", "unless", "offset", "bool", "le", "e",
+    "and", "or", "unless", "offset", "bool",
 }  # fmt: skip
 
 
@@ -122,12 +122,13 @@ def metric_names(expr: str) -> set[str]:
     text = re.sub(r'"[^"]*"', "", text)
     text = re.sub(r"\{[^}]*\}", "", text)  # label matchers
     text = re.sub(r"\[[^\]]*\]", "", text)  # ranges
+    text = re.sub(r"(?<![A-Za-z0-9_:])\d+(?:\.\d*)?(?:[eE][+-]?\d+)?", " ", text)  # numbers, 1e6 among them
     text = re.sub(r"\b(by|without|ignoring|on|group_left|group_right)\s*\([^)]*\)", " ", text)
     names = set()
     for m in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", text):
         word = m.group(0)
         following = text[m.end():].lstrip()[:1]
-        if following == "(" or word in _PROMQL_WORDS or re.fullmatch(r"\d.*", word):
+        if following == "(" or word in _PROMQL_WORDS:
             continue
         names.add(word)
     return names
