@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,7 +25,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from benchmarks.fleet import LocalFleet, fleet_repository
+from benchmarks.fleet import FleetPlacement, LocalFleet, fleet_repository
 from benchmarks.workload import TEST_PROMPTS, Workload
 from clients.client import AdaptiveClient
 
@@ -153,15 +157,63 @@ def measure_failover(
     )
 
 
+def measure_failover_perf_analyzer(
+    fleet: LocalFleet, workdir: Path, *, concurrency: int = 4, requests: int = 48, kill_after: int = 12, victim: int = 0
+) -> dict[str, Any]:
+    """The same kill, with perf_analyzer (gRPC, ``--request-count``) as the load through the balancer.
+
+    The kill waits until the servers' own statistics count ``kill_after`` answered requests. Returned:
+    perf_analyzer's exit status and what its per-request export shows (answered requests, throughput
+    and p99 before and after the kill), and the balancer's detection time.
+    """
+    from benchmarks.perf_analyzer import perf_analyzer_command, perf_analyzer_env
+
+    workload = Workload.from_file(TEST_PROMPTS, 8)
+    data = workdir / "failover_input.json"
+    data.write_text(json.dumps({"data": [{"prompt": [p], "seed": [s]} for p, s in zip(workload.prompts, workload.seeds)]}))
+    export = workdir / "failover_export.json"
+    command = perf_analyzer_command() + [
+        "-m", "adaptive_diffusion", "-u", fleet.grpc_url, "-i", "grpc", "--input-data", str(data),
+        "--concurrency-range", str(concurrency), "--request-count", str(requests), "--profile-export-file", str(export),
+    ]  # fmt: skip
+    proc = subprocess.Popen(command, env=perf_analyzer_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    marks: dict[str, float] = {}
+    while proc.poll() is None and fleet.answered() < kill_after:
+        time.sleep(0.2)
+    if proc.poll() is None:
+        marks["kill_wall"] = time.time()
+        marks["kill"] = fleet.kill(victim)
+        marks["down"] = fleet.wait_state(fleet.upstreams[victim].name, "DOWN")
+        marks["down_wall"] = marks["kill_wall"] + marks["down"] - marks["kill"]
+    output, _ = proc.communicate(timeout=1800)
+    result: dict[str, Any] = {"load": "perf_analyzer", "exit_status": proc.returncode, "requests": requests, "concurrency": concurrency,
+                              "output_tail": output[-1500:], "killed": "kill" in marks}  # fmt: skip
+    if "kill" in marks:
+        result["detected_s"] = marks["down"] - marks["kill"]
+    if export.is_file():
+        reqs = [r for e in json.loads(export.read_text())["experiments"] for r in e["requests"]]
+        answered = [r for r in reqs if r.get("response_timestamps")]
+        result["answered"] = len(answered)
+        outcomes = [Outcome(r["timestamp"] / 1e9, r["response_timestamps"][-1] / 1e9, True) for r in answered]
+        if "kill_wall" in marks:
+            result["before"] = _window([o for o in outcomes if o.end <= marks["kill_wall"]])
+            result["after"] = _window([o for o in outcomes if o.start >= marks["down_wall"]])
+        result["all"] = _window(outcomes)
+    return result
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.failover", description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="tiny")
     p.add_argument("--servers", type=int, default=2)
-    p.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    p.add_argument("--bls-per-server", type=int, default=2, help="BLS instances of each server")
+    p.add_argument("--load", choices=("clients", "perf_analyzer"), default="clients", help="tritonclient threads (each request's outcome) or perf_analyzer")
+    p.add_argument("--protocol", choices=("grpc", "http"), default="grpc", help="clients load only (perf_analyzer uses gRPC)")
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--requests", type=int, default=48)
     p.add_argument("--kill-after", type=int, default=12, help="answered requests before the kill")
-    p.add_argument("--restart", action="store_true", help="restart the killed server and time its return to the rotation")
+    p.add_argument("--restart", action="store_true", help="restart the killed server and time its return to the rotation (clients load)")
+    p.add_argument("--no-retry", action="store_true", help="the balancer does not re-send a request a killed server dropped")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
 
@@ -169,21 +221,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     source = ensure_repository(args.preset, progress=False)
     args.out.mkdir(parents=True, exist_ok=True)
-    repository = fleet_repository(source, Path(args.out) / "repository")
+    work = Path(tempfile.mkdtemp(prefix="failover_"))
+    repository = fleet_repository(source, work / "repository", FleetPlacement(cores=1, bls=args.bls_per_server))
     try:
-        with LocalFleet(repository, args.servers, log_dir=args.out) as fleet:
-            result = measure_failover(
-                fleet, protocol=args.protocol, concurrency=args.concurrency, requests=args.requests, kill_after=args.kill_after, restart=args.restart
-            )
+        with LocalFleet(repository, args.servers, log_dir=work, retry_dropped=not args.no_retry) as fleet:
+            if args.load == "perf_analyzer":
+                result = measure_failover_perf_analyzer(fleet, work, concurrency=args.concurrency, requests=args.requests, kill_after=args.kill_after)
+            else:
+                result = measure_failover(
+                    fleet, protocol=args.protocol, concurrency=args.concurrency, requests=args.requests, kill_after=args.kill_after, restart=args.restart
+                ).as_dict()
     finally:
-        import shutil
-
         shutil.rmtree(repository, ignore_errors=True)
+    result.update({"servers": args.servers, "bls_per_server": args.bls_per_server, "retry_dropped": not args.no_retry, "preset": args.preset,
+                   "command": "python -m benchmarks.failover " + " ".join(sys.argv[1:] if argv is None else argv)})  # fmt: skip
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    path = args.out / f"failover-{args.protocol}-{stamp}.json"
-    path.write_text(json.dumps(result.as_dict(), indent=1))
-    print(json.dumps(result.as_dict(), indent=1))
-    print(f"wrote {path}")
+    path = args.out / f"failover-{args.load}-{'noretry-' if args.no_retry else ''}{stamp}.json"
+    path.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+    print(f"wrote {path} (server and haproxy logs in {work})")
     return 0
 
 

@@ -91,11 +91,13 @@ class LocalFleet:
         health: HealthCheck = HealthCheck(),
         log_dir: Path | None = None,
         ready_timeout: float = 300.0,
+        retry_dropped: bool = True,
     ) -> None:
         self.repository = Path(repository)
         self.workdir = Path(tempfile.mkdtemp(prefix="fleet_"))
         self.log_dir = Path(log_dir) if log_dir else self.workdir
         self.health = health
+        self.retry_dropped = retry_dropped
         self.servers = [
             ServerProcess(self.repository, ready_timeout=ready_timeout, log=self.log_dir / f"server{i}.log", server_args=SERVER_FLAGS)
             for i in range(servers)
@@ -118,7 +120,9 @@ class LocalFleet:
         return f"127.0.0.1:{self.grpc_port}"
 
     def config(self) -> BalancerConfig:
-        return BalancerConfig("127.0.0.1", self.http_port, self.grpc_port, upstreams=self.upstreams, health=self.health, stats_socket=self.stats_socket)
+        return BalancerConfig(
+            "127.0.0.1", self.http_port, self.grpc_port, upstreams=self.upstreams, health=self.health, stats_socket=self.stats_socket, retry_dropped=self.retry_dropped
+        )
 
     def start(self) -> None:
         # One at a time: two tiny servers loading at once on 2 cores take longer than one after the other.
@@ -150,6 +154,19 @@ class LocalFleet:
                 return time.monotonic()
             time.sleep(0.05)
         raise FleetError(f"{server} not {state} after {timeout:.0f} s: {last}")
+
+    def answered(self) -> int:
+        """Requests the live servers have answered successfully (Triton's own statistics)."""
+        import tritonclient.http as httpclient
+
+        total = 0
+        for server in self.servers:
+            if not server.is_alive():
+                continue
+            with httpclient.InferenceServerClient(server.http_url) as c:
+                stats = c.get_inference_statistics("adaptive_diffusion")
+            total += sum(int(m["inference_stats"]["success"]["count"]) for m in stats["model_stats"])
+        return total
 
     def kill(self, index: int) -> float:
         """SIGKILL server ``index``'s tritonserver (as a node or OOM kill would); returns the monotonic time."""

@@ -89,7 +89,8 @@ def test_one_triton_per_gpu_started_by_the_launcher_in_its_stub_crash_exit_mode(
     command = triton["command"]
     assert command[:3] == ["python", "-m", "export.launcher"]
     args, extra = parse_launcher_args(command[3:])
-    assert args.on_stub_crash == "exit"  # the pod restarts when a Python stub dies
+    # The pod restarts when a Python stub dies (the dest is on_crash once the launcher supervises any crash).
+    assert vars(args).get("on_crash", vars(args).get("on_stub_crash")) == "exit"
     assert (args.http_port, args.grpc_port, args.metrics_port) == (DEFAULT_HTTP_PORT, DEFAULT_GRPC_PORT, DEFAULT_METRICS_PORT)
     assert args.host == "0.0.0.0" and str(args.repository) == "/serving/repository"
     assert "--metrics-config=summary_latencies=true" in extra

@@ -95,6 +95,9 @@ class BalancerConfig:
     # A whole image can take minutes on a loaded CPU; the server's own queue bounds it, not the proxy.
     request_timeout_s: int = 600
     retries: int = 1
+    # Re-send a request a server dropped (killed mid-request) to another server; off, HAProxy retries
+    # only connections that never opened, and a client sees the dropped request fail.
+    retry_dropped: bool = True
     deny_admin: bool = True
     max_connections: int = 4096
 
@@ -156,8 +159,9 @@ def haproxy_config(config: BalancerConfig) -> str:
         f"    timeout check {h.timeout_ms}ms",
         "    option redispatch",
         f"    retries {config.retries}",
-        "    retry-on conn-failure empty-response",
     ]
+    if config.retry_dropped:
+        out.append("    retry-on conn-failure empty-response")
     if config.discovery is not None:
         d = config.discovery
         # The pod's own resolver (/etc/resolv.conf points at the cluster DNS).
