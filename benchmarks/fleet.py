@@ -30,7 +30,10 @@ from bll_python.layout import assets_dir
 from clients.ports import free_ports
 from clients.server_process import ServerProcess
 from export.deploy.balancer import BalancerConfig, HealthCheck, Upstream, haproxy_config
-from export.deploy.manifests import SERVER_FLAGS
+from export.deploy.manifests import SERVER_FLAGS, STUB_CRASH_MODE
+
+# As in a pod: a server that dies takes its launcher with it, and whoever runs the fleet restarts it.
+LAUNCHER_ARGS = ("--on-stub-crash", STUB_CRASH_MODE)
 from export.triton.onnxruntime import write_onnxruntime_repository
 from export.triton.placement import CpuPlacement
 
@@ -99,7 +102,7 @@ class LocalFleet:
         self.health = health
         self.retry_dropped = retry_dropped
         self.servers = [
-            ServerProcess(self.repository, ready_timeout=ready_timeout, log=self.log_dir / f"server{i}.log", server_args=SERVER_FLAGS)
+            ServerProcess(self.repository, ready_timeout=ready_timeout, log=self.log_dir / f"server{i}.log", launcher_args=LAUNCHER_ARGS, server_args=SERVER_FLAGS)
             for i in range(servers)
         ]
         self.http_port, self.grpc_port = free_ports(2)
@@ -180,7 +183,7 @@ class LocalFleet:
         """A new launcher on the same ports (what a pod restart is), ready, and back UP in the balancer."""
         old = self.servers[index]
         old.stop()
-        new = ServerProcess(self.repository, ports=(old.http_port, old.grpc_port, old.metrics_port), ready_timeout=old.ready_timeout, log=old.log.with_suffix(".restart.log"), server_args=SERVER_FLAGS)
+        new = ServerProcess(self.repository, ports=(old.http_port, old.grpc_port, old.metrics_port), ready_timeout=old.ready_timeout, log=old.log.with_suffix(".restart.log"), launcher_args=LAUNCHER_ARGS, server_args=SERVER_FLAGS)
         self.servers[index] = new
         new.__enter__()
 

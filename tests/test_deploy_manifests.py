@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bll_python.settings import GenerationSettings
 from export.deploy import manifests as m
 from export.deploy.balancer import READY_PATH
 from export.deploy.monitoring import ADAPTER_RULES
@@ -125,7 +126,8 @@ def test_each_overlay_places_its_gpu_and_sizes_the_pod_from_the_placement(name):
     assert spec["nodeSelector"] == {"nvidia.com/gpu.product": profile.product}
     (init,) = spec["initContainers"]
     assert init["command"][init["command"].index("--unet-instances") + 1] == str(profile.unet_instances)
-    placement = Placement.from_accept_rate(m.ACCEPT_RATE, student_steps=4, teacher_steps=10, unet_instances=profile.unet_instances)
+    d = GenerationSettings()
+    placement = Placement.from_accept_rate(m.ACCEPT_RATE, student_steps=d.student_steps, teacher_steps=d.teacher_steps, unet_instances=profile.unet_instances)
     stubs = sum(placement.counts.values())  # every BLS and python-trt component instance is a process
     (triton,) = spec["containers"]
     assert triton["resources"]["requests"]["memory"] == f"{stubs + 2}Gi"
