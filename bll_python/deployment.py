@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from bll_python.components import COMPONENTS
+from bll_python.load_policy import LoadPolicySettings
 from bll_python.settings import GenerationSettings, SettingsError, check_number
 from bll_python.specs import ComponentSpec
 
@@ -69,6 +70,8 @@ class Deployment:
     calibration: Calibration | None = None
     # The LCM guidance embedding replaces true CFG for students distilled with it.
     student_uses_cfg: bool = True
+    # None: k is static. Otherwise the BLS lowers k toward a floor under load (bll_python.load_policy).
+    load_policy: LoadPolicySettings | None = None
 
     # ------------------------------------------------------------------ specs
 
@@ -82,13 +85,19 @@ class Deployment:
 
     # ------------------------------------------------------------------ gate
 
+    def requested_k(self, settings: GenerationSettings) -> float | None:
+        """The percentile a batch asks for (its own k or the default); None when it gave tau."""
+        if settings.tau is not None:
+            return None
+        return settings.k if settings.k is not None else self.default_k
+
     def resolve_tau(self, settings: GenerationSettings) -> float:
         if settings.tau is not None:
             return settings.tau
         if self.calibration is None:
             field_name = "k" if settings.k is not None else "tau"
             raise SettingsError(field_name, "this deployment has no calibration; pass tau explicitly")
-        return self.calibration.tau(settings.k if settings.k is not None else self.default_k)
+        return self.calibration.tau(self.requested_k(settings))
 
     # ------------------------------------------------------------------ io
 
@@ -110,6 +119,8 @@ class Deployment:
         d["defaults"] = GenerationSettings(**d["defaults"])
         if d.get("calibration"):
             d["calibration"] = Calibration(**d["calibration"])
+        if d.get("load_policy"):
+            d["load_policy"] = LoadPolicySettings(**d["load_policy"])
         return cls(**d)
 
     @classmethod

@@ -90,6 +90,7 @@ class BatchResult:
     truncated: list[bool]
     tau: float | None
     teacher_rows: list[int] = field(default_factory=list)
+    k: float | None = None  # the percentile tau came from; None when tau was given or there is no gate
 
 
 def refine_schedule_length(teacher_steps: int, sigma: float) -> int:
@@ -234,9 +235,10 @@ class AdaptivePipeline:
             raise SettingsError("seed", f"{len(seeds)} seeds for {n} prompts")
         negative = list(negative_prompts) if negative_prompts is not None else [""] * n
         tau = self.deployment.resolve_tau(s) if s.strategy.is_adaptive else None
-        return self._program(list(prompts), list(seeds), s, negative, tau, on_stage or (lambda *_: None), check_cancelled or (lambda: None))
+        k = self.deployment.requested_k(s) if s.strategy.is_adaptive else None
+        return self._program(list(prompts), list(seeds), s, negative, tau, k, on_stage or (lambda *_: None), check_cancelled or (lambda: None))
 
-    def _program(self, prompts: list[str], seeds: list[int], s: GenerationSettings, negative: list[str], tau: float | None, observe: StageObserver, check: Callable[[], None]) -> Program:
+    def _program(self, prompts: list[str], seeds: list[int], s: GenerationSettings, negative: list[str], tau: float | None, k: float | None, observe: StageObserver, check: Callable[[], None]) -> Program:
         n = len(prompts)
 
         def timed(stage: str, rows: int, calls: Generator[EngineCall, Tensors, torch.Tensor]) -> Generator[EngineCall, Tensors, torch.Tensor]:
@@ -303,6 +305,7 @@ class AdaptivePipeline:
             truncated=tokens.truncated,
             tau=tau,
             teacher_rows=teacher_rows,
+            k=k,
         )
 
     # ----------------------------------------------------------------- teacher

@@ -112,6 +112,8 @@ class GenerationSettings:
     sigma: float = 0.7
     tau: float | None = None
     k: float | None = None
+    # The deployment's load policy may lower k under load; an exact request keeps its k.
+    exact_k: bool = False
 
     def __post_init__(self) -> None:
         for name in ("guidance_scale", "student_steps", "teacher_steps", "sigma"):
@@ -122,6 +124,8 @@ class GenerationSettings:
             object.__setattr__(self, "tau", check_number("tau", self.tau))
         if self.k is not None:
             object.__setattr__(self, "k", check_number("k", self.k))
+        if not isinstance(self.exact_k, bool):
+            raise SettingsError("exact_k", f"expected a boolean, got {type(self.exact_k).__name__} {self.exact_k!r}")
         try:
             object.__setattr__(self, "strategy", Strategy(self.strategy))
         except ValueError:
@@ -144,7 +148,7 @@ class GenerationSettings:
 
     def key(self) -> tuple:
         """Rows whose settings share this key can run as one batch."""
-        return (self.guidance_scale, self.student_steps, self.teacher_steps, self.strategy, self.sigma, self.tau, self.k)
+        return (self.guidance_scale, self.student_steps, self.teacher_steps, self.strategy, self.sigma, self.tau, self.k, self.exact_k)
 
     def as_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
