@@ -14,8 +14,8 @@ throughout.
     python -m benchmarks.burst --preset shapes --prompts PATH      # with the judge
 
 Writes ``benchmarks/results/<preset>/burst/``: ``requests.csv`` (one row per request),
-``windows.csv`` (p50/p99, teacher share, mean k per window of send time), ``summary.json`` and
-``burst.png``.
+``windows_<policy>.csv`` (p50/p99, teacher share, mean k per window of send time),
+``in_flight_<policy>.csv`` (the server's rows in flight), ``summary.json`` and ``burst.png``.
 """
 
 from __future__ import annotations
@@ -372,6 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary[name]["max_window_p99_ms"] = max(w["p99_ms"] for w in wins)
         plots[name] = (wins, inflight)
         write_csv(out / f"windows_{name}.csv", wins)
+        write_csv(out / f"in_flight_{name}.csv", [{"t_s": t, "rows_in_flight": v} for t, v in inflight])
         for r in served:
             row = {k: v for k, v in asdict(r).items() if k != "image"}
             row["policy"], row["prompt"] = name, prompts[r.prompt_index]

@@ -18,7 +18,13 @@ Hysteresis, so that the policy neither oscillates nor starves the teacher:
 - at or below ``low_load`` k steps back up, one step per ``step_up_after_s`` since the load was last
   seen above ``low_load`` (or since the last step up), so a quiet period restores the requested k.
 
-The clock is injected: the policy is a pure function of the observations and their times.
+The clock is injected: the policy is a pure function of the observations and their times. Its
+state is pluggable: the BLS instances are separate processes that each see the load only when they
+run a request, so they share one state (``GaugeState``, three gauges in Triton's metric registry)
+instead of each keeping a level that goes stale while it is idle. (Measured: with a state per
+instance, instances that sat idle after a burst kept the floor for minutes at a moderate load.)
+Two instances that observe at the same moment may both read the state before either writes it, so
+a step can be taken twice or lost; the next observation corrects it, and the level stays in bounds.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from bll_python.settings import SettingsError, check_number
 
@@ -67,38 +73,90 @@ class LoadPolicySettings:
         return asdict(self)
 
 
-class LoadPolicy:
-    """Chooses the effective k of each batch from the rows in flight; one per BLS instance."""
+class PolicyState(Protocol):
+    level: int  # steps taken toward the floor
+    last_down: float | None  # when k last stepped down
+    busy_or_up_at: float | None  # when the load was last seen above low_load, or k last stepped up
 
-    def __init__(self, settings: LoadPolicySettings, clock: Clock = time.monotonic) -> None:
+
+@dataclass
+class LocalState:
+    """The policy's state in this process (tests, in-process serving)."""
+
+    level: int = 0
+    last_down: float | None = None
+    busy_or_up_at: float | None = None
+
+
+class _Value(Protocol):
+    def value(self) -> float: ...
+
+    def set(self, value: float) -> None: ...
+
+
+class GaugeState:
+    """The policy's state in three shared gauges (pb_utils ``Metric`` objects: ``value``/``set``).
+
+    Times are ``time.monotonic()`` readings, one clock for every process of the machine; NaN is None.
+    """
+
+    def __init__(self, level: _Value, last_down: _Value, busy_or_up_at: _Value) -> None:
+        self._gauges = {"level": level, "last_down": last_down, "busy_or_up_at": busy_or_up_at}
+        for name in ("last_down", "busy_or_up_at"):
+            if self._gauges[name].value() == 0.0:  # a fresh gauge: nothing has happened yet
+                self._gauges[name].set(math.nan)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name not in self._gauges:
+            raise AttributeError(name)
+        value = self._gauges[name].value()
+        if name == "level":
+            return int(value)
+        return None if math.isnan(value) else value
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+            return
+        self._gauges[name].set(math.nan if value is None else float(value))
+
+
+class LoadPolicy:
+    """Chooses the effective k of each batch from the rows in flight."""
+
+    def __init__(self, settings: LoadPolicySettings, clock: Clock = time.monotonic, state: PolicyState | None = None) -> None:
         self.settings = settings
         self.clock = clock
-        self.level = 0  # steps taken toward the floor
-        self._last_down: float | None = None
-        self._busy_or_up_at: float | None = None  # when the load was last seen above low_load, or k last stepped up
+        self.state: PolicyState = state if state is not None else LocalState()
+
+    @property
+    def level(self) -> int:
+        """Steps taken toward the floor (0: the requested k)."""
+        return self.state.level
 
     def observe(self, rows_in_flight: float) -> None:
         """Take one reading of the load at the clock's current time and adjust the level."""
-        s, now = self.settings, self.clock()
+        s, st, now = self.settings, self.state, self.clock()
+        level, last_down, busy_or_up_at = st.level, st.last_down, st.busy_or_up_at
         if rows_in_flight > s.low_load:
-            self._busy_or_up_at = now
+            st.busy_or_up_at = busy_or_up_at = now
         if rows_in_flight > s.high_load:
-            if self.level < s.steps and (self._last_down is None or now - self._last_down >= s.step_down_every_s):
-                self.level += 1
-                self._last_down = now
-        elif rows_in_flight <= s.low_load and self.level > 0 and self._busy_or_up_at is not None:
-            up = min(self.level, int((now - self._busy_or_up_at) / s.step_up_after_s))
+            if level < s.steps and (last_down is None or now - last_down >= s.step_down_every_s):
+                st.level = level + 1
+                st.last_down = now
+        elif rows_in_flight <= s.low_load and level > 0 and busy_or_up_at is not None:
+            up = min(level, int((now - busy_or_up_at) / s.step_up_after_s))
             if up:
-                self.level -= up
-                self._busy_or_up_at += up * s.step_up_after_s
+                st.level = level - up
+                st.busy_or_up_at = busy_or_up_at + up * s.step_up_after_s
 
     def effective_k(self, requested_k: float, *, exact: bool = False) -> float:
         """The k for a batch that asked for ``requested_k``: never above it, never below the floor
         (a request below the floor keeps its own k), exactly ``requested_k`` when ``exact``."""
-        floor = self.settings.floor_k
-        if exact or requested_k <= floor or self.level == 0:
+        floor, level = self.settings.floor_k, self.level
+        if exact or requested_k <= floor or level == 0:
             return requested_k
-        fraction = min(1.0, self.level * self.settings.step)
+        fraction = min(1.0, level * self.settings.step)
         return requested_k - fraction * (requested_k - floor)
 
     def decide(self, requested_k: float, rows_in_flight: float, *, exact: bool = False) -> float:

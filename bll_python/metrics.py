@@ -48,6 +48,9 @@ class ServingMetrics:
         # Incremented when an execution starts and decremented when it ends, in every BLS instance:
         # one series server-wide (as above), read back with value() as the load policy's signal.
         self.rows_in_flight = family("adaptive_rows_in_flight", "Rows in BLS executions now, server-wide (the load policy's signal)", kinds.GAUGE).Metric(labels={})
+        # The load policy's state, shared by the BLS instances the same way (bll_python.load_policy.GaugeState).
+        state = family("adaptive_load_policy_state", "Load policy state: level = steps toward the floor; the others are monotonic-clock times", kinds.GAUGE)
+        self.policy_state = {f: state.Metric(labels={"field": f}) for f in ("level", "last_down", "busy_or_up_at")}
         self.lowered_rows = family("adaptive_k_lowered_rows_total", "Gated rows whose k the load policy lowered", kinds.COUNTER).Metric(labels={})
         self.histogram = hasattr(kinds, "HISTOGRAM")
         if self.histogram:

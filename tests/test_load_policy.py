@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 
-from bll_python.load_policy import LoadPolicy, LoadPolicySettings
+from bll_python.load_policy import GaugeState, LoadPolicy, LoadPolicySettings
 from bll_python.settings import SettingsError
 
 SETTINGS = LoadPolicySettings(floor_k=10.0, high_load=6, low_load=2, step=0.5, step_down_every_s=1.0, step_up_after_s=5.0)
@@ -172,3 +172,40 @@ def test_bad_settings_name_the_field(kwargs, field):
     with pytest.raises(SettingsError) as e:
         LoadPolicySettings(**{**SETTINGS.to_json(), **kwargs})
     assert e.value.field == field
+
+
+class Gauge:
+    """A shared gauge as pb_utils.Metric has it: ``value`` and ``set`` (a fresh one reads 0)."""
+
+    def __init__(self) -> None:
+        self.v = 0.0
+
+    def value(self) -> float:
+        return self.v
+
+    def set(self, value: float) -> None:
+        self.v = value
+
+
+def test_instances_sharing_one_state_agree_and_an_idle_one_is_never_stale(clock):
+    # Two BLS instances (processes) over the same three gauges. A ran the burst; B was idle through
+    # it. Afterwards B, at a moderate load inside the band, must not hold a floor it never saw,
+    # nor keep one that A has already restored: there is one level, whoever observes.
+    gauges = dict(level=Gauge(), last_down=Gauge(), busy_or_up_at=Gauge())
+    a = LoadPolicy(SETTINGS, clock, GaugeState(**gauges))
+    assert a.decide(50.0, 9) == 30.0
+    b = LoadPolicy(SETTINGS, clock, GaugeState(**gauges))  # an instance that starts later
+    clock.advance(1.0)
+    assert b.decide(50.0, 9) == 10.0  # B's observation continues A's episode: the second step
+    assert a.effective_k(50.0) == 10.0
+    clock.advance(10.0)
+    assert a.decide(50.0, 1) == 50.0  # calm for two step_up_after_s: restored ...
+    assert b.decide(50.0, 4) == 50.0  # ... for B as well, in the band
+    assert gauges["level"].value() == 0
+
+
+def test_a_fresh_gauge_state_reads_as_nothing_happened_yet():
+    state = GaugeState(Gauge(), Gauge(), Gauge())
+    assert (state.level, state.last_down, state.busy_or_up_at) == (0, None, None)
+    state.last_down = 12.5
+    assert state.last_down == 12.5

@@ -146,3 +146,28 @@ def test_tau_requests_report_no_k_and_non_gated_strategies_no_tau(tiny_server, d
     assert math.isnan(g.effective_k) and g.effective_tau == pytest.approx(0.5)
     g = _generate(tiny_server.grpc_url, "a koi pond", 1, k=None, strategy="student_only")
     assert math.isnan(g.effective_k) and math.isnan(g.effective_tau)
+
+
+def test_the_burst_benchmark_records_every_served_image(policy_server, tiny_repository, calibration_prompts, tmp_path):
+    """``benchmarks.burst`` in miniature on this server: a few seconds of open-loop load, each
+    request's route and k recorded, its image re-scored, the windows and the plot written."""
+    from benchmarks.burst import Phases, phase_summary, plot, score_served, windows
+    from benchmarks.burst import open_loop
+
+    server, deployment = policy_server
+    phases = Phases(steady_s=1.0, burst_s=1.0, after_s=1.0, steady_rate=2.0, burst_rate=6.0)
+    arrivals = phases.arrivals(seed=3)
+    served, inflight = open_loop(server.grpc_url, calibration_prompts, phases, arrivals, {"strategy": "refine", "k": 50.0}, server.metrics_url)
+    assert len(served) == len(arrivals) and not [r.error for r in served if r.error]
+    for r in served:
+        assert r.route in ("student", "refined") and r.image is not None and r.latency_s > 0
+        assert r.effective_k in (50.0, POLICY.floor_k)
+    score_served(tiny_repository, calibration_prompts, served)
+    for r in served:
+        if r.route == "student":  # the served image is the gate's own: it scores what the gate saw
+            assert r.final_reward == pytest.approx(r.score, abs=0.05)
+        assert math.isfinite(r.final_reward) and math.isnan(r.fidelity)  # tiny has no judge
+    wins = windows(served, 1.0, phases.seconds)
+    assert sum(w["requests"] for w in wins) == len(served)
+    assert phase_summary(served, "burst")["requests"] == sum(r.phase == "burst" for r in served)
+    assert plot({"load_aware": (wins, inflight)}, phases, tmp_path / "burst.png", "smoke").stat().st_size > 0

@@ -13,7 +13,7 @@ from bll_python.contract import REQUEST_FIELDS
 from bll_python.deployment import Deployment
 from bll_python.inprocess import load_tokenizers
 from bll_python.layout import assets_dir
-from bll_python.load_policy import LoadPolicy
+from bll_python.load_policy import GaugeState, LoadPolicy
 from bll_python.metrics import ServingMetrics
 from bll_python.pipeline import AdaptivePipeline
 from bll_python.serving import BatchRunner, error_status, parse_request
@@ -47,12 +47,12 @@ class TritonPythonModel:
         )
         pipeline = AdaptivePipeline(engines, self.deployment, load_tokenizers(repository, self.deployment), device=device)
         self.metrics = ServingMetrics(pb_utils, components=self.deployment.specs(), default_k=self.deployment.default_k)
-        # Each instance keeps its own policy state over the one server-wide count of rows in flight.
+        # Every instance reads the server-wide rows in flight and shares one policy state (gauges).
         policy = self.deployment.load_policy
         self.runner = BatchRunner(
             pipeline,
             self.deployment.max_rows,
-            policy=LoadPolicy(policy) if policy else None,
+            policy=LoadPolicy(policy, state=GaugeState(**self.metrics.policy_state)) if policy else None,
             load=self.metrics.rows_in_flight.value if policy else None,
         )
 
