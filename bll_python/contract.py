@@ -68,8 +68,8 @@ RESPONSE_FIELDS: tuple[Field, ...] = (
     # Triton 2.51's Python backend cannot attach response parameters, so truncation is a tensor.
     Field("truncated", "bool", False, "true where the prompt was cut to 77 CLIP tokens"),
     # Likewise the gate's decision: the load policy may have lowered k, and the client is told.
-    Field("effective_k", "float32", False, "the percentile the gate used (lower than the requested k while the load policy sheds teacher work); NaN when the request gave tau or its strategy has no gate"),
-    Field("effective_tau", "float32", False, "the ImageReward cut-off the gate used; NaN when its strategy has no gate"),
+    Field("effective_k", "float32", False, "the percentile the gate used (lower than the requested k while the load policy sheds teacher work); -1 when the request gave tau or its strategy has no gate"),
+    Field("effective_tau", "float32", False, "the ImageReward cut-off the gate used; 0 when its strategy has no gate (effective_k is then -1)"),
 )
 
 SETTING_FIELDS: tuple[str, ...] = tuple(f.name for f in REQUEST_FIELDS if f.name not in ("prompt", "negative_prompt", "seed"))

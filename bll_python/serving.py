@@ -37,8 +37,8 @@ class RequestResult:
     routes: np.ndarray  # object (bytes) [b, 1]
     unet_steps: np.ndarray  # int32 [b, 1]
     truncated: np.ndarray  # bool [b, 1]
-    effective_k: np.ndarray  # float32 [b, 1], NaN where there was no k
-    effective_tau: np.ndarray  # float32 [b, 1], NaN where there was no gate
+    effective_k: np.ndarray  # float32 [b, 1], NO_K where there was no k
+    effective_tau: np.ndarray  # float32 [b, 1], 0 where there was no gate
 
     def tensors(self) -> dict[str, np.ndarray]:
         """The response tensors by their contract names."""
@@ -150,8 +150,12 @@ def error_status(exc: BaseException) -> tuple[str, str]:
     return INTERNAL, f"internal error: {type(exc).__name__}: {_first_line(str(exc))}"
 
 
-def _nan_if_none(value: float | None) -> float:
-    return float("nan") if value is None else float(value)
+# Not NaN: Triton's JSON (HTTP) responses and perf_analyzer's profile export cannot hold NaN.
+NO_K = -1.0  # effective_k of a row whose tau was given, or whose strategy has no gate
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else float(value)
 
 
 class BatchRunner:
@@ -223,7 +227,7 @@ class BatchRunner:
                 if on_batch:
                     on_batch(rows, out)
                 for k, key in enumerate(chunk):
-                    outputs[key] = (out.images[k], out.scores[k], out.routes[k].value, out.unet_steps[k], out.truncated[k], _nan_if_none(out.k), _nan_if_none(out.tau))
+                    outputs[key] = (out.images[k], out.scores[k], out.routes[k].value, out.unet_steps[k], out.truncated[k], _or(out.k, NO_K), _or(out.tau, 0.0))
         for i, rows in enumerate(requests):
             if results[i] is not None or isinstance(rows, Exception):
                 continue

@@ -74,7 +74,7 @@ def table(results: Sequence[Generation], paths: Sequence[Path] | None = None) ->
     for i, r in enumerate(results):
         prompt = r.prompt if len(r.prompt) <= 60 else r.prompt[:57] + "..."
         mark = " (truncated)" if r.truncated else ""
-        k = "-" if r.effective_k != r.effective_k else f"{r.effective_k:g}"  # NaN: no percentile
+        k = "-" if r.effective_k < 0 else f"{r.effective_k:g}"  # -1: no percentile
         rows.append(f"{i:>3}  {r.route:<11} {r.score:>8.4f} {k:>5} {r.unet_steps:>5} {r.latency_s * 1000:>6.0f}ms  {prompt}{mark}")
     return "\n".join(rows)
 

@@ -23,8 +23,8 @@ class Generation:
     unet_steps: int
     truncated: bool
     latency_s: float
-    effective_k: float  # NaN where the request gave tau or its strategy has no gate
-    effective_tau: float  # NaN where its strategy has no gate
+    effective_k: float  # -1 where the request gave tau or its strategy has no gate
+    effective_tau: float  # 0 where its strategy has no gate
 
 
 def _client_module(protocol: str):

@@ -143,9 +143,9 @@ def test_without_a_policy_k_is_exact_under_any_load(tiny_server, calibration_pro
 
 def test_tau_requests_report_no_k_and_non_gated_strategies_no_tau(tiny_server, deployment):
     g = _generate(tiny_server.grpc_url, "a koi pond", 1, k=None, tau=0.5)
-    assert math.isnan(g.effective_k) and g.effective_tau == pytest.approx(0.5)
+    assert g.effective_k == -1.0 and g.effective_tau == pytest.approx(0.5)
     g = _generate(tiny_server.grpc_url, "a koi pond", 1, k=None, strategy="student_only")
-    assert math.isnan(g.effective_k) and math.isnan(g.effective_tau)
+    assert g.effective_k == -1.0 and g.effective_tau == 0.0
 
 
 def test_the_burst_benchmark_records_every_served_image(policy_server, tiny_repository, calibration_prompts, tmp_path):
