@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from bll_python.components import Component, family_components
+from bll_python.load_policy import LoadPolicySettings
 from bll_python.settings import GenerationSettings, SettingsError, check_number
 from bll_python.specs import ComponentSpec, SymbolRange, scaled
 
@@ -94,6 +95,8 @@ class Deployment:
     refiner_scheduler: SchedulerRecipe | None = None
     aesthetic_score: float = 6.0
     negative_aesthetic_score: float = 2.5
+    # None: k is static. Otherwise the BLS lowers k toward a floor under load (bll_python.load_policy).
+    load_policy: LoadPolicySettings | None = None
 
     # ------------------------------------------------------------------ specs
 
@@ -142,13 +145,19 @@ class Deployment:
 
     # ------------------------------------------------------------------ gate
 
+    def requested_k(self, settings: GenerationSettings) -> float | None:
+        """The percentile a batch asks for (its own k or the default); None when it gave tau."""
+        if settings.tau is not None:
+            return None
+        return settings.k if settings.k is not None else self.default_k
+
     def resolve_tau(self, settings: GenerationSettings) -> float:
         if settings.tau is not None:
             return settings.tau
         if self.calibration is None:
             field_name = "k" if settings.k is not None else "tau"
             raise SettingsError(field_name, "this deployment has no calibration; pass tau explicitly")
-        return self.calibration.tau(settings.k if settings.k is not None else self.default_k)
+        return self.calibration.tau(self.requested_k(settings))
 
     # ------------------------------------------------------------------ io
 
@@ -182,6 +191,8 @@ class Deployment:
             d["refiner_scheduler"] = SchedulerRecipe(**d["refiner_scheduler"])
         if d.get("calibration"):
             d["calibration"] = Calibration(**d["calibration"])
+        if d.get("load_policy"):
+            d["load_policy"] = LoadPolicySettings(**d["load_policy"])
         return cls(**d)
 
     @classmethod

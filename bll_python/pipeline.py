@@ -107,6 +107,7 @@ class BatchResult:
     truncated: list[bool]
     tau: float | None
     teacher_rows: list[int] = field(default_factory=list)
+    k: float | None = None  # the percentile tau came from; None when tau was given or there is no gate
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -275,9 +276,10 @@ class AdaptivePipeline:
         negative = list(negative_prompts) if negative_prompts is not None else [""] * n
         tau = self.deployment.resolve_tau(s) if s.strategy.is_adaptive else None
         self.deployment.resolve_size(s)
-        return self._program(list(prompts), list(seeds), s, negative, tau, on_stage or (lambda *_: None), check_cancelled or (lambda: None))
+        k = self.deployment.requested_k(s) if s.strategy.is_adaptive else None
+        return self._program(list(prompts), list(seeds), s, negative, tau, k, on_stage or (lambda *_: None), check_cancelled or (lambda: None))
 
-    def _program(self, prompts: list[str], seeds: list[int], s: GenerationSettings, negative: list[str], tau: float | None, observe: StageObserver, check: Callable[[], None]) -> Program:
+    def _program(self, prompts: list[str], seeds: list[int], s: GenerationSettings, negative: list[str], tau: float | None, k: float | None, observe: StageObserver, check: Callable[[], None]) -> Program:
         n = len(prompts)
         height, width = self.deployment.resolve_size(s)
 
@@ -357,6 +359,7 @@ class AdaptivePipeline:
             truncated=tokens.truncated,
             tau=tau,
             teacher_rows=teacher_rows,
+            k=k,
         )
 
     # ----------------------------------------------------------------- teacher

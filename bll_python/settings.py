@@ -168,6 +168,8 @@ class GenerationSettings:
     # Image size in pixels; None: the deployment's native size.
     height: int | None = None
     width: int | None = None
+    # The deployment's load policy may lower k under load; an exact request keeps its k.
+    exact_k: bool = False
 
     def __post_init__(self) -> None:
         for name in ("guidance_scale", "student_steps", "teacher_steps", "sigma"):
@@ -185,6 +187,8 @@ class GenerationSettings:
                 if value % SIZE_MULTIPLE:
                     raise SettingsError(side, f"got {value}; expected a multiple of {SIZE_MULTIPLE}")
                 object.__setattr__(self, side, value)
+        if not isinstance(self.exact_k, bool):
+            raise SettingsError("exact_k", f"expected a boolean, got {type(self.exact_k).__name__} {self.exact_k!r}")
         try:
             object.__setattr__(self, "strategy", Strategy(self.strategy))
         except ValueError:
@@ -219,7 +223,7 @@ class GenerationSettings:
     def key(self) -> tuple:
         """Rows whose settings share this key can run as one batch."""
         # The size is part of the key: rows of different sizes never share a component call.
-        return (self.guidance_scale, self.student_steps, self.teacher_steps, self.strategy, self.sigma, self.tau, self.k, self.height, self.width)
+        return (self.guidance_scale, self.student_steps, self.teacher_steps, self.strategy, self.sigma, self.tau, self.k, self.height, self.width, self.exact_k)
 
     def as_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}

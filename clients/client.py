@@ -24,6 +24,8 @@ class Generation:
     unet_steps: int
     truncated: bool
     latency_s: float
+    effective_k: float  # -1 where the request gave tau or its strategy has no gate
+    effective_tau: float  # 0 where its strategy has no gate
 
 
 def _client_module(protocol: str):
@@ -115,8 +117,10 @@ class AdaptiveClient:
         routes = result.as_numpy("route").reshape(-1)
         steps = result.as_numpy("unet_steps").reshape(-1)
         truncated = result.as_numpy("truncated").reshape(-1)
+        ks = result.as_numpy("effective_k").reshape(-1)
+        taus = result.as_numpy("effective_tau").reshape(-1)
         seeds = list(seeds) if seeds is not None else [0] * len(prompts)
         return [
-            Generation(p, int(seeds[i]), images[i], float(scores[i]), routes[i].decode(), int(steps[i]), bool(truncated[i]), latency)
+            Generation(p, int(seeds[i]), images[i], float(scores[i]), routes[i].decode(), int(steps[i]), bool(truncated[i]), latency, float(ks[i]), float(taus[i]))
             for i, p in enumerate(prompts)
         ]
