@@ -251,7 +251,7 @@ FRONTEND_BAD_INPUTS: list[tuple[str, Callable[[], list], tuple[str, ...]]] = [
 
 @pytest.mark.server
 def test_every_bad_input_gets_invalid_arg_naming_field_value_and_range_while_concurrent_requests_succeed(tiny_server):
-    # The BLS runs every request in an execution of its own (no dynamic batcher, several instances),
+    # The BLS runs every request in an execution of its own (several instances; its batcher only queues),
     # so a wave sent together is in flight at once; that a bad request also fails alone inside one
     # execute shared with good ones is BatchRunner's job, specified without a server.
     url = tiny_server.grpc_url

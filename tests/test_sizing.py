@@ -39,11 +39,12 @@ def test_a_higher_accept_rate_needs_fewer_servers():
 
 @pytest.mark.parametrize("preset", ["tiny", "small"])
 def test_the_model_predicts_the_measured_adaptive_throughput_from_student_and_teacher_alone(preset):
-    # The committed sweeps measured refine and regenerate at known teacher shares on the same server.
+    # The one-BLS sweeps (results/one_bls/, every mode at c = 1, 2, 4, 8 on a quieter machine) measured
+    # refine and regenerate at known teacher shares on the same server.
     # Measured there: the prediction is 0.81-1.09 of the measured throughput (conservative where the
     # adaptive modes reuse the student's text embeddings); a model off by a missing (1 - a) factor or
     # a teacher pass counted for every image is off by 1.5x or more.
-    sweep = RESULTS / preset / "sweep.csv"
+    sweep = RESULTS / "one_bls" / preset / "sweep.csv"
     levels = {lv.concurrency: lv for lv in read_sweep(sweep)}
     checked = 0
     with open(sweep, newline="") as f:
