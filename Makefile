@@ -20,11 +20,15 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# perf_analyzer (shipped in the tritonclient wheel) links against Debian's libb64.
+# perf_analyzer (shipped in the tritonclient wheel) links against Debian's libb64; the gateway
+# (export/gateway) and the local fleet (benchmarks/fleet.py) are Debian's HAProxy. kubectl (its
+# built-in kustomize renders export/deploy/) comes with the machine image: Debian's own
+# kubernetes-client is 1.20, whose kustomize predates the kustomization fields the overlays use.
 system-deps:
-	@ldconfig -p | grep -q libb64.so.0d || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq libb64-0d >/dev/null; \
-	  else echo "perf_analyzer needs libb64: sudo apt-get install -y libb64-0d"; fi; }
+	@{ ldconfig -p | grep -q libb64.so.0d && command -v haproxy >/dev/null; } || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq libb64-0d haproxy >/dev/null; \
+	  else echo "perf_analyzer, the gateway and the fleet need: sudo apt-get install -y libb64-0d haproxy"; fi; }
+	@command -v kubectl >/dev/null || echo "kubectl not found: tests/test_deploy_manifests.py renders export/deploy/ with kubectl kustomize (kubectl >= 1.27)"
 
 test: venv system-deps
 	$(BIN)/python -m pytest -q
@@ -49,8 +53,10 @@ export: venv
 demo: venv system-deps
 	$(BIN)/python -m clients.demo --preset $(PRESET)
 
-serve: venv
-	$(BIN)/python -m export.launcher --preset $(PRESET)
+# GATEWAY_PORT=8080 also runs the HAProxy gateway (export/SECURITY.md) in front of the server.
+GATEWAY_PORT ?=
+serve: venv system-deps
+	$(BIN)/python -m export.launcher --preset $(PRESET) $(if $(GATEWAY_PORT),--gateway-port $(GATEWAY_PORT))
 
 bench: venv system-deps
 	$(BIN)/python -m benchmarks.run

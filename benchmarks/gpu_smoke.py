@@ -223,6 +223,20 @@ def compare_served(source: Path, server: ServerProcess, min_psnr: float, max_sco
                     "score_served": g.score, "score_inprocess": float(local.scores[i]),
                     "route_served": g.route, "route_inprocess": local.routes[i].value,
                 })
+        # The engine profiles' smallest and largest sizes (per-request height/width).
+        d = pipe.deployment
+        if d.image_range is not None:
+            for height, width in ((d.min_image_size, d.max_image_size), (d.max_image_size, d.min_image_size)):
+                served = client.generate(list(PROMPTS[:2]), seeds=seeds[:2], strategy="refine", height=height, width=width)
+                local = pipe(list(PROMPTS[:2]), seeds=seeds[:2], settings=replace(d.defaults, strategy="refine", height=height, width=width))
+                for i, g in enumerate(served):
+                    diff = g.image.astype(np.float64) - local.images[i].astype(np.float64)
+                    mse = float(np.mean(diff**2))
+                    rows.append({
+                        "strategy": f"refine {height}x{width}", "prompt": g.prompt, "psnr_db": float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse),
+                        "max_abs": float(np.abs(diff).max()), "score_served": g.score, "score_inprocess": float(local.scores[i]),
+                        "route_served": g.route, "route_inprocess": local.routes[i].value,
+                    })  # fmt: skip
     # Routes are recorded, not asserted: a score within tolerance of tau may gate either way.
     bad = [r for r in rows if r["route_served"] == r["route_inprocess"] and (r["psnr_db"] < min_psnr or abs(r["score_served"] - r["score_inprocess"]) > max_score_diff)]
     assert not bad, f"{len(bad)} of {len(rows)} served images differ from ONNX Runtime beyond PSNR {min_psnr} dB / score {max_score_diff}: {bad[:2]}"
@@ -268,6 +282,7 @@ def _container_only() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="benchmarks/gpu_smoke.sh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=None, help="artifacts root (default: the export default, ./artifacts)")
+    parser.add_argument("--preset", choices=("tiny", "tiny-xl"), default="tiny", help="the preset to export and check (tiny-xl: the SDXL family's graphs and profiles)")
     parser.add_argument("--backend", choices=("python-trt", "tensorrt"), default="python-trt",
                         help="python-trt runs under the pip server started here; tensorrt needs NVIDIA's container (see export/TENSORRT.md)")
     parser.add_argument("--opt-level", type=int, default=3, help="TensorRT builder optimization level")
@@ -289,9 +304,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from export.defaults import DEFAULT_ROOT
 
     root = args.root or DEFAULT_ROOT
-    target = Path(root) / "tiny" / f"repository-{args.backend}"
+    target = Path(root) / args.preset / f"repository-{args.backend}"
     extra["environment"] = smoke.run("environment", environment)
-    source = smoke.run("export tiny preset", lambda: ensure_repository("tiny", root, progress=False))
+    source = smoke.run(f"export {args.preset} preset", lambda: ensure_repository(args.preset, root, progress=False))
     smoke.run("installed packages", installed_packages)
     smoke.run("lint onnx", lambda: lint(source))
     extra["fp16_graphs"] = smoke.run("fp16 graphs vs fp32 on onnxruntime", lambda: fp16_graphs(source, target, out))

@@ -255,7 +255,10 @@ def run_preset(config: SweepConfig, out_dir: Path, log: Log = print) -> PresetRe
     inprocess_batches = sorted({min(c, deployment.max_rows) for c in config.inprocess_concurrency if c in config.concurrency})
     for batch in inprocess_batches:
         warm_up(pipe, workload, batch)
-    served_batches = sorted({*inprocess_batches, min(max(config.concurrency), deployment.max_rows)})
+    # The server meets the same batch sizes. Not a request of max(concurrency) rows: the workload
+    # sends single-row requests, and one 8-row request (16 UNet rows with CFG) would grow every UNet
+    # instance's arena to ~3 GB on `small` for shapes the sweep never sends.
+    served_batches = inprocess_batches
     with ServerProcess(repository, log=out_dir / "server.log") as server:
         stats_client = grpcclient.InferenceServerClient(server.grpc_url)
         try:

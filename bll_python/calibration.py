@@ -74,4 +74,7 @@ def calibrate(
     """The calibration of ``pipe`` on ``prompts``, and the scored samples it came from."""
     settings = student_settings(defaults or pipe.deployment.defaults)
     samples = score_student_samples(pipe, prompts, defaults=settings, batch=batch, progress=progress)
-    return Calibration(percentiles=percentiles(samples.scores), prompts=len(prompts), settings=settings.as_dict()), samples
+    calibration = Calibration(
+        percentiles=percentiles(samples.scores), prompts=len(prompts), settings=settings.as_dict(), student_seconds_per_image=samples.seconds_per_sample
+    )
+    return calibration, samples

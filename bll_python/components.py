@@ -23,7 +23,7 @@ from bll_python.precision import (
     Fp32Rule,
     Tolerance,
 )
-from bll_python.specs import ComponentSpec, image_reward_spec, text_encoder_spec, unet_spec, vae_decoder_spec
+from bll_python.specs import ComponentSpec, image_reward_spec, text_encoder_2_spec, text_encoder_spec, unet_spec, vae_decoder_spec
 
 if TYPE_CHECKING:
     from bll_python.deployment import Deployment
@@ -50,13 +50,25 @@ class Component:
     # every denoising step; the student's and the teacher's decoded images until the response). On a
     # GPU they are held in Triton's CUDA pool, so they size it (export.triton.tensorrt).
     held_outputs: int = 0
+    # The model families (``bll_python.families``) that deploy it.
+    families: tuple[str, ...] = ("sd15", "sdxl")
+    # Deployed only when the export was given its checkpoint (``Deployment.optional_components``).
+    optional: bool = False
 
     def deployment_spec(self, deployment: "Deployment") -> ComponentSpec:
         return self.spec(deployment, deployment.max_rows * self.cfg_rows)
 
 
-def _latents(d: "Deployment") -> dict[str, int]:
-    return dict(latent_channels=d.latent_channels, latent_size=d.latent_size, seq_len=d.seq_len, text_hidden=d.text_hidden)
+def _latents(d: "Deployment") -> dict[str, int | None]:
+    return dict(
+        latent_channels=d.latent_channels,
+        latent_size=d.latent_size,
+        seq_len=d.seq_len,
+        text_hidden=d.context_dim,
+        pooled_dim=d.pooled_dim,
+        time_ids_dim=d.time_ids_dim,
+        latent_range=d.latent_range,
+    )
 
 
 _UNET_TOLERANCE = Tolerance(3e-2, 5e-2, "noise_pred ~ N(0, 1); FP16 UNets stay near 1e-2 with rare outliers")
@@ -71,6 +83,18 @@ TEXT_ENCODER = Component(
     fp32_rules=(NORMALIZATION, SOFTMAX),
     tolerance=Tolerance(3e-2, 3e-2, "CLIP states reach |x| ~ 30 in outlier channels; rtol covers those, atol the rest"),
     held_outputs=1,
+)
+TEXT_ENCODER_2 = Component(
+    "text_encoder_2",
+    spec=lambda d, rows: text_encoder_2_spec(seq_len=d.seq_len, hidden=d.text_hidden_2, pooled=d.pooled_dim, max_batch=rows),
+    cfg_rows=2,
+    source="text_encoder_2",
+    wrapper="export.models.wrappers:TextEncoder2",
+    stage="text",
+    fp32_rules=(NORMALIZATION, SOFTMAX),
+    tolerance=Tolerance(3e-2, 3e-2, "CLIP-like hidden states and the pooled projection"),
+    held_outputs=2,
+    families=("sdxl",),
 )
 UNET_STUDENT = Component(
     "unet_student",
@@ -92,9 +116,26 @@ UNET_TEACHER = Component(
     fp32_rules=(NORMALIZATION, TIME_PROJ),
     tolerance=_UNET_TOLERANCE,
 )
+UNET_REFINER = Component(
+    "unet_refiner",
+    # SDXL-Refiner: conditioned on the second tower only, with aesthetic-score time ids.
+    spec=lambda d, rows: unet_spec(
+        "unet_refiner",
+        max_batch=rows,
+        **{**_latents(d), "text_hidden": d.text_hidden_2, "time_ids_dim": d.refiner_time_ids_dim},
+    ),
+    cfg_rows=2,
+    source="unet_refiner",
+    wrapper="export.models.wrappers:UNet",
+    stage="teacher",
+    fp32_rules=(NORMALIZATION, TIME_PROJ),
+    tolerance=_UNET_TOLERANCE,
+    families=("sdxl",),
+    optional=True,
+)
 VAE_DECODER = Component(
     "vae_decoder",
-    spec=lambda d, rows: vae_decoder_spec(latent_channels=d.latent_channels, latent_size=d.latent_size, scale=d.vae_scale, max_batch=rows),
+    spec=lambda d, rows: vae_decoder_spec(latent_channels=d.latent_channels, latent_size=d.latent_size, scale=d.vae_scale, max_batch=rows, latent_range=d.latent_range),
     cfg_rows=1,
     source="vae",
     wrapper="export.models.wrappers:VaeDecoder",
@@ -117,8 +158,15 @@ IMAGE_REWARD = Component(
 )
 
 # Every table keyed by component (engines, configs, reports) follows this order.
-COMPONENTS: dict[str, Component] = {c.name: c for c in (TEXT_ENCODER, UNET_STUDENT, UNET_TEACHER, VAE_DECODER, IMAGE_REWARD)}
+COMPONENTS: dict[str, Component] = {c.name: c for c in (TEXT_ENCODER, TEXT_ENCODER_2, UNET_STUDENT, UNET_TEACHER, UNET_REFINER, VAE_DECODER, IMAGE_REWARD)}
 COMPONENT_NAMES: tuple[str, ...] = tuple(COMPONENTS)
+# The components every family deploys; the others belong to some families only.
+CORE_COMPONENTS: tuple[str, ...] = tuple(n for n, c in COMPONENTS.items() if set(c.families) >= {"sd15", "sdxl"} and not c.optional)
+
+
+def family_components(family: str, optional: tuple[str, ...] | list[str] = ()) -> dict[str, Component]:
+    """The records a deployment of ``family`` serves (its ``optional`` ones only if named), in component order."""
+    return {n: c for n, c in COMPONENTS.items() if family in c.families and (not c.optional or n in optional)}
 
 
 def component(name: str) -> Component:

@@ -40,6 +40,8 @@ class Field:
             return str(LIMITS[self.name])
         if self.name == "strategy":
             return " | ".join(s.value for s in Strategy)
+        if self.name == "exact_k":
+            return "true | false"
         return ""
 
 
@@ -54,9 +56,12 @@ REQUEST_FIELDS: tuple[Field, ...] = (
     Field("k", "float32", True, "percentile of the calibrated student scores to use as tau; exclusive with tau"),
     Field("sigma", "float32", True, "refinement rollback strength (img2img strength)"),
     Field("strategy", "bytes", True, "what to do with the rows below tau"),
+    Field("height", "int32", True, "image height in pixels (default the model's native size); the deployment's range and multiple apply"),
+    Field("width", "int32", True, "image width in pixels (default the model's native size); the deployment's range and multiple apply"),
+    Field("exact_k", "bool", True, "true: k (or the default k) is used as given, whatever the load; false (default): the deployment's load policy may lower it toward its floor while the server is overloaded"),
 )
 
-# Response tensors; `image` dims are filled from the deployment (H, W, 3).
+# Response tensors; `image` is [H, W, 3] at the request's size (dims [-1, -1, 3] when sizes vary).
 RESPONSE_FIELDS: tuple[Field, ...] = (
     Field("image", "uint8", False, "H x W x 3 RGB"),
     Field("score", "float32", False, "ImageReward score of the student sample (teacher_only: of the teacher image)"),
@@ -64,9 +69,12 @@ RESPONSE_FIELDS: tuple[Field, ...] = (
     Field("unet_steps", "int32", False, "denoising steps spent on this image (a CFG step counts once)"),
     # Triton 2.51's Python backend cannot attach response parameters, so truncation is a tensor.
     Field("truncated", "bool", False, "true where the prompt was cut to 77 CLIP tokens"),
+    # Likewise the gate's decision: the load policy may have lowered k, and the client is told.
+    Field("effective_k", "float32", False, "the percentile the gate used (lower than the requested k while the load policy sheds teacher work); -1 when the request gave tau or its strategy has no gate"),
+    Field("effective_tau", "float32", False, "the ImageReward cut-off the gate used; 0 when its strategy has no gate (effective_k is then -1)"),
 )
 
-SETTING_FIELDS = tuple(f.name for f in REQUEST_FIELDS if f.name not in ("prompt", "negative_prompt", "seed"))
+SETTING_FIELDS: tuple[str, ...] = tuple(f.name for f in REQUEST_FIELDS if f.name not in ("prompt", "negative_prompt", "seed"))
 
 
 def field(name: str) -> Field:

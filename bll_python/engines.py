@@ -14,7 +14,7 @@ from typing import Callable, Iterator, Mapping, Protocol
 import numpy as np
 import torch
 
-from bll_python.components import COMPONENT_NAMES
+from bll_python.components import COMPONENT_NAMES, CORE_COMPONENTS
 from bll_python.dtypes import torch_dtype
 from bll_python.ort_options import ort_session_options
 from bll_python.specs import ComponentSpec
@@ -121,20 +121,21 @@ class CountingEngine:
 class Engines:
     """One engine per component record, in record order: ``engines.unet_teacher`` or ``engines["unet_teacher"]``.
 
-    Takes them positionally in component order, by name, or both; a missing or unknown name is an error.
+    Takes the core components positionally in their order, by name, or both; the components of some
+    families only (SDXL's ``text_encoder_2``) by name. A missing core or unknown name is an error.
     """
 
     def __init__(self, *engines: Engine, **named: Engine) -> None:
-        if len(engines) > len(COMPONENT_NAMES):
-            raise TypeError(f"{len(engines)} engines for {len(COMPONENT_NAMES)} components {list(COMPONENT_NAMES)}")
-        given = dict(zip(COMPONENT_NAMES, engines))
+        if len(engines) > len(CORE_COMPONENTS):
+            raise TypeError(f"{len(engines)} engines for {len(CORE_COMPONENTS)} components {list(CORE_COMPONENTS)}")
+        given = dict(zip(CORE_COMPONENTS, engines))
         twice = sorted(set(given) & set(named))
         unknown = sorted(set(named) - set(COMPONENT_NAMES))
         given.update(named)
-        missing = [n for n in COMPONENT_NAMES if n not in given]
+        missing = [n for n in CORE_COMPONENTS if n not in given]
         if twice or unknown or missing:
             raise TypeError(f"engines: given twice {twice}, unknown {unknown}, missing {missing}; the components are {list(COMPONENT_NAMES)}")
-        self._engines = {n: given[n] for n in COMPONENT_NAMES}
+        self._engines = {n: given[n] for n in COMPONENT_NAMES if n in given}
 
     def __getattr__(self, name: str) -> Engine:
         try:

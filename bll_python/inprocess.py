@@ -6,13 +6,14 @@ from pathlib import Path
 
 from bll_python.deployment import Deployment
 from bll_python.engines import repository_ort_engines
-from bll_python.layout import assets_dir, clip_tokenizer_dir, reward_vocab
+from bll_python.layout import assets_dir, clip_tokenizer_2_dir, clip_tokenizer_dir, reward_vocab
 from bll_python.pipeline import AdaptivePipeline
 from bll_python.text import PromptTokenizers
 
 
 def load_tokenizers(repository: Path, deployment: Deployment) -> PromptTokenizers:
-    return PromptTokenizers(clip_tokenizer_dir(repository), reward_vocab(repository), deployment.reward_text_len)
+    second = clip_tokenizer_2_dir(repository) if deployment.family == "sdxl" else None
+    return PromptTokenizers(clip_tokenizer_dir(repository), reward_vocab(repository), deployment.reward_text_len, clip_2_dir=second)
 
 
 def inprocess_pipeline(repository: Path) -> AdaptivePipeline:

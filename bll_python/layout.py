@@ -42,6 +42,11 @@ def clip_tokenizer_dir(repository: Path) -> Path:
     return assets_dir(repository) / "clip_tokenizer"
 
 
+def clip_tokenizer_2_dir(repository: Path) -> Path:
+    """SDXL's second tokenizer (OpenCLIP's padding); absent for SD1.5."""
+    return assets_dir(repository) / "clip_tokenizer_2"
+
+
 def reward_vocab(repository: Path) -> Path:
     return assets_dir(repository) / "reward_tokenizer" / "vocab.txt"
 

@@ -8,21 +8,25 @@ Every labelled series is created at start, so a scrape shows zeros rather than m
 
 from __future__ import annotations
 
+import os
 from types import ModuleType
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from bll_python.components import COMPONENTS
 from bll_python.engines import ComponentError
+from bll_python.restarts import launcher_restarts
 from bll_python.serving import CANCELLED, INTERNAL, INVALID_ARG, UNAVAILABLE, error_status
 from bll_python.settings import Route
 
-STAGES = tuple(c.stage for c in COMPONENTS.values())
+STAGES = tuple(dict.fromkeys(c.stage for c in COMPONENTS.values()))
 OUTCOMES = ("success", INVALID_ARG.lower(), CANCELLED.lower(), UNAVAILABLE.lower(), INTERNAL.lower())
 LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
+K_BUCKETS = [float(k) for k in range(0, 101, 10)]
 
 
 class ServingMetrics:
-    def __init__(self, pb_utils: ModuleType, components: Iterable[str] = ()) -> None:
+    def __init__(self, pb_utils: ModuleType, components: Iterable[str] = (), environ: Mapping[str, str] | None = None, default_k: float = 50.0) -> None:
+        self.default_k = default_k
         # A Metric is only valid while its MetricFamily lives, so the families are kept here.
         self._families: list[object] = []
 
@@ -43,15 +47,31 @@ class ServingMetrics:
         self.requests = {o: requests.Metric(labels={"outcome": o}) for o in OUTCOMES}
         self._component_errors = family("adaptive_component_errors_total", "Requests failed by a component model, by component", kinds.COUNTER)
         self.component_errors = {c: self._component_errors.Metric(labels={"component": c}) for c in components}
+        restarts = family("adaptive_launcher_restarts", "Restarts of tritonserver by the launcher since it started, by reason", kinds.GAUGE)
+        # A gauge set to the launcher's count: every BLS instance sets the same value, idempotently.
+        self.restarts = {}
+        for reason, count in launcher_restarts(os.environ if environ is None else environ).items():
+            self.restarts[reason] = restarts.Metric(labels={"reason": reason})
+            self.restarts[reason].set(count)
+        # Incremented when an execution starts and decremented when it ends, in every BLS instance:
+        # one series server-wide (as above), read back with value() as the load policy's signal.
+        self.rows_in_flight = family("adaptive_rows_in_flight", "Rows in BLS executions now, server-wide (the load policy's signal)", kinds.GAUGE).Metric(labels={})
+        # The load policy's state, shared by the BLS instances the same way (bll_python.load_policy.GaugeState).
+        state = family("adaptive_load_policy_state", "Load policy state: level = steps toward the floor; the others are monotonic-clock times", kinds.GAUGE)
+        self.policy_state = {f: state.Metric(labels={"field": f}) for f in ("level", "last_down", "busy_or_up_at")}
+        self.lowered_rows = family("adaptive_k_lowered_rows_total", "Gated rows whose k the load policy lowered", kinds.COUNTER).Metric(labels={})
         self.histogram = hasattr(kinds, "HISTOGRAM")
         if self.histogram:
             stage = family("adaptive_stage_seconds", "Latency of each pipeline stage per batch", kinds.HISTOGRAM)
             self.stage = {s: stage.Metric(labels={"stage": s}, buckets=LATENCY_BUCKETS) for s in STAGES}
+            self.effective_k = family("adaptive_effective_k", "The percentile the gate used, per gated row", kinds.HISTOGRAM).Metric(labels={}, buckets=K_BUCKETS)
         else:
             total = family("adaptive_stage_seconds_sum", "Total seconds per pipeline stage", kinds.COUNTER)
             count = family("adaptive_stage_seconds_count", "Batches per pipeline stage", kinds.COUNTER)
             self.stage_sum = {s: total.Metric(labels={"stage": s}) for s in STAGES}
             self.stage_count = {s: count.Metric(labels={"stage": s}) for s in STAGES}
+            self.effective_k_sum = family("adaptive_effective_k_sum", "Sum of the percentiles the gate used, per gated row", kinds.COUNTER).Metric(labels={})
+            self.effective_k_count = family("adaptive_effective_k_count", "Gated rows with a percentile", kinds.COUNTER).Metric(labels={})
 
     def observe_stage(self, stage: str, seconds: float, rows: int) -> None:
         if self.histogram:
@@ -74,6 +94,20 @@ class ServingMetrics:
             # name and labels, so these counters are server-wide; a ratio kept in this process
             # would only describe this instance's rows.
             self.accept_rate.set(self.accepted_rows.value() / max(self.gated_rows.value(), 1.0))
+        if result.k is not None:
+            self._observe_k(rows, result.k, len(result.routes))
+
+    def _observe_k(self, rows: Sequence[object], k: float, count: int) -> None:
+        settings = getattr(rows[0], "settings", None) if rows else None
+        requested = settings.k if settings is not None and settings.k is not None else self.default_k
+        if k < requested:
+            self.lowered_rows.increment(count)
+        for _ in range(count):
+            if self.histogram:
+                self.effective_k.observe(k)
+            else:
+                self.effective_k_sum.increment(k)
+                self.effective_k_count.increment(1)
 
     def observe_response(self, error: Exception | None) -> None:
         """Count one answered request: ``error`` is None on success."""

@@ -23,7 +23,6 @@ many programs into shared component calls. The algorithm is written once, whatev
 from __future__ import annotations
 
 import inspect
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Generator, Sequence
@@ -34,7 +33,8 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from bll_python.deployment import Deployment, SchedulerRecipe
 from bll_python.engines import Engines
-from bll_python.settings import GenerationSettings, Route, SettingsError, Strategy
+from bll_python.families import family, sdxl_time_ids
+from bll_python.settings import GenerationSettings, Route, SettingsError, Strategy, refine_schedule_length  # noqa: F401 (re-exported)
 from bll_python.text import PromptTokenizers
 
 StageObserver = Callable[[str, float, int], None]
@@ -58,6 +58,23 @@ class EngineCall:
     def rows(self) -> int:
         return int(next(iter(self.inputs.values())).shape[0])
 
+    @property
+    def shape_key(self) -> tuple:
+        """Calls may share one component call only if every input's non-batch shape matches
+        (images of different sizes never do)."""
+        return tuple((name, tuple(t.shape[1:])) for name, t in self.inputs.items())
+
+
+# The UNet inputs that carry the prompt, one row per image: ``encoder_hidden_states`` for every
+# family, plus SDXL's ``text_embeds`` and ``time_ids``. Rows are selected and CFG-stacked per key.
+Conditioning = dict[str, torch.Tensor]
+
+
+def select_rows(c: Conditioning, rows: torch.Tensor | slice) -> Conditioning:
+    return {k: v[rows] for k, v in c.items()}
+
+
+_SECOND_TOWER = "text_embeddings_2"
 
 # A running pipeline: yields EngineCalls, is sent their outputs, returns the result.
 Program = Generator[EngineCall, Tensors, "BatchResult"]
@@ -90,17 +107,7 @@ class BatchResult:
     truncated: list[bool]
     tau: float | None
     teacher_rows: list[int] = field(default_factory=list)
-
-
-def refine_schedule_length(teacher_steps: int, sigma: float) -> int:
-    """Smallest schedule length N whose img2img tail at ``strength=sigma`` is ``teacher_steps`` long.
-
-    diffusers' img2img runs the last ``int(N * strength)`` of N steps, so N ~ teacher_steps / sigma.
-    """
-    n = max(teacher_steps, math.ceil(teacher_steps / sigma - 1e-9))
-    while int(n * sigma) < teacher_steps:
-        n += 1
-    return n
+    k: float | None = None  # the percentile tau came from; None when tau was given or there is no gate
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -134,13 +141,13 @@ class _Sampler:
         self,
         latents: torch.Tensor,
         timesteps: torch.Tensor,
-        text: torch.Tensor,
-        uncond: torch.Tensor | None,
+        text: Conditioning,
+        uncond: Conditioning | None,
         generators: list[torch.Generator],
         check_cancelled: Callable[[], None],
     ) -> Generator[EngineCall, Tensors, torch.Tensor]:
         rows = latents.shape[0]
-        context = torch.cat([uncond, text]) if self.cfg else text
+        context = {k: torch.cat([uncond[k], v]) for k, v in text.items()} if self.cfg else text
         extra: dict[str, torch.Tensor] = {}
         if self.cond_dim:
             w = torch.full((rows,), self.guidance_scale - 1.0)
@@ -153,7 +160,7 @@ class _Sampler:
             x = torch.cat([latents, latents]) if self.cfg else latents
             x = self.scheduler.scale_model_input(x, t)
             tt = t.to(torch.float32).expand(x.shape[0])
-            out = yield EngineCall(self.component, {"sample": x, "timestep": tt, "encoder_hidden_states": context, **extra})
+            out = yield EngineCall(self.component, {"sample": x, "timestep": tt, **context, **extra})
             noise = out["noise_pred"].to(latents.dtype)
             if self.cfg:
                 uncond_noise, text_noise = noise.chunk(2)
@@ -170,26 +177,60 @@ class AdaptivePipeline:
         self.deployment = deployment
         self.tokenizers = tokenizers
         self.device = torch.device(device)
+        self.family = family(deployment.family)
         self.latent_shape = (deployment.latent_channels, deployment.latent_size, deployment.latent_size)
 
     # ----------------------------------------------------------------- stages
 
-    def encode_text(self, ids: np.ndarray) -> Generator[EngineCall, Tensors, torch.Tensor]:
+    def encode_text(self, ids: np.ndarray, ids_2: np.ndarray | None = None) -> Generator[EngineCall, Tensors, Conditioning]:
+        """The prompt conditioning of each row: one tower (SD1.5), or SDXL's two towers' hidden
+        states concatenated plus the second tower's pooled projection."""
         out = yield EngineCall("text_encoder", {"input_ids": torch.from_numpy(ids).to(self.device)})
-        return out["text_embeddings"]
+        if not self.family.dual_text:
+            return {"encoder_hidden_states": out["text_embeddings"]}
+        out_2 = yield EngineCall("text_encoder_2", {"input_ids_2": torch.from_numpy(ids_2).to(self.device)})
+        hidden = torch.cat([out["text_embeddings"], out_2["text_embeddings_2"].to(out["text_embeddings"].dtype)], dim=-1)
+        cond = {"encoder_hidden_states": hidden, "text_embeds": out_2["pooled_embeddings"]}
+        if "unet_refiner" in self.deployment.optional_components:
+            # The refiner conditions on the second tower alone (taken out again in the program).
+            cond[_SECOND_TOWER] = out_2["text_embeddings_2"]
+        return cond
+
+    def refiner_conditioning(self, second: torch.Tensor, pooled: torch.Tensor, n: int, height: int, width: int) -> tuple[Conditioning, Conditioning]:
+        """(uncond, cond) for SDXL-Refiner over the 2n text rows: the second tower's states, its pooled
+        vector, and StableDiffusionXLImg2ImgPipeline's aesthetic time ids (size, no crop, score)."""
+        d = self.deployment
+        ids = [[float(height), float(width), 0.0, 0.0, score] for score in [d.negative_aesthetic_score] * n + [d.aesthetic_score] * n]
+        c = {"encoder_hidden_states": second, "text_embeds": pooled, "time_ids": torch.tensor(ids, dtype=torch.float32, device=self.device)}
+        return select_rows(c, slice(0, n)), select_rows(c, slice(n, 2 * n))
+
+    def size_conditioning(self, rows: int, height: int, width: int) -> Conditioning:
+        """SDXL's ``time_ids`` for each row (the image's own size, no crop); nothing for SD1.5.
+        The unconditional rows take the same values, as diffusers' default ``negative_*_size``."""
+        if not self.family.added_conditions:
+            return {}
+        return {"time_ids": torch.tensor([sdxl_time_ids(height, width)] * rows, dtype=torch.float32, device=self.device)}
 
     def decode(self, latents: torch.Tensor) -> Generator[EngineCall, Tensors, torch.Tensor]:
         out = yield EngineCall("vae_decoder", {"latent": latents})
         return out["image"]
 
     def score(self, images: torch.Tensor, reward_ids: np.ndarray, reward_mask: np.ndarray) -> Generator[EngineCall, Tensors, torch.Tensor]:
+        native = self.deployment.image_size
+        if tuple(images.shape[-2:]) != (native, native):
+            # The reward graph holds upstream's resize as constant matrices for the native size, so
+            # another per-request size is brought there first (antialiased, as PIL resizes).
+            images = torch.nn.functional.interpolate(images.float(), size=(native, native), mode="bicubic", align_corners=False, antialias=True).clamp(0.0, 1.0)
         inputs = {"image": images, "reward_input_ids": torch.from_numpy(reward_ids), "reward_attention_mask": torch.from_numpy(reward_mask)}
         out = yield EngineCall("image_reward", inputs)
         return out["score"].float().reshape(-1)
 
-    def initial_noise(self, generators: list[torch.Generator]) -> torch.Tensor:
+    def initial_noise(self, generators: list[torch.Generator], height: int | None = None, width: int | None = None) -> torch.Tensor:
         # A list of generators draws each row from its own generator, as diffusers' prepare_latents does.
-        return randn_tensor((len(generators), *self.latent_shape), generator=generators, device=self.device, dtype=torch.float32)
+        c, h, w = self.latent_shape
+        scale = self.deployment.vae_scale
+        shape = (c, height // scale if height else h, width // scale if width else w)
+        return randn_tensor((len(generators), *shape), generator=generators, device=self.device, dtype=torch.float32)
 
     # ----------------------------------------------------------------- main
 
@@ -234,10 +275,13 @@ class AdaptivePipeline:
             raise SettingsError("seed", f"{len(seeds)} seeds for {n} prompts")
         negative = list(negative_prompts) if negative_prompts is not None else [""] * n
         tau = self.deployment.resolve_tau(s) if s.strategy.is_adaptive else None
-        return self._program(list(prompts), list(seeds), s, negative, tau, on_stage or (lambda *_: None), check_cancelled or (lambda: None))
+        self.deployment.resolve_size(s)
+        k = self.deployment.requested_k(s) if s.strategy.is_adaptive else None
+        return self._program(list(prompts), list(seeds), s, negative, tau, k, on_stage or (lambda *_: None), check_cancelled or (lambda: None))
 
-    def _program(self, prompts: list[str], seeds: list[int], s: GenerationSettings, negative: list[str], tau: float | None, observe: StageObserver, check: Callable[[], None]) -> Program:
+    def _program(self, prompts: list[str], seeds: list[int], s: GenerationSettings, negative: list[str], tau: float | None, k: float | None, observe: StageObserver, check: Callable[[], None]) -> Program:
         n = len(prompts)
+        height, width = self.deployment.resolve_size(s)
 
         def timed(stage: str, rows: int, calls: Generator[EngineCall, Tensors, torch.Tensor]) -> Generator[EngineCall, Tensors, torch.Tensor]:
             start = time.perf_counter()
@@ -247,10 +291,19 @@ class AdaptivePipeline:
 
         tokens = self.tokenizers(prompts)
         neg_ids, _ = self.tokenizers.clip_ids(negative)
-        embeddings = yield from timed("text", 2 * n, self.encode_text(np.concatenate([neg_ids, tokens.clip_ids])))
-        uncond, text = embeddings[:n], embeddings[n:]
+        ids_2 = np.concatenate([self.tokenizers.clip_ids_2(negative), tokens.clip_ids_2]) if self.family.dual_text else None
+        embeddings = yield from timed("text", 2 * n, self.encode_text(np.concatenate([neg_ids, tokens.clip_ids]), ids_2))
+        second = embeddings.pop(_SECOND_TOWER, None)
+        refiner = self.refiner_conditioning(second, embeddings["text_embeds"], n, height, width) if second is not None else None
+        embeddings.update(self.size_conditioning(2 * n, height, width))
+        uncond, text = select_rows(embeddings, slice(0, n)), select_rows(embeddings, slice(n, 2 * n))
+        if self.deployment.zero_empty_negative:
+            # SDXL base's force_zeros_for_empty_prompt: diffusers conditions the unconditional branch
+            # on zeros (prompt vectors only, not time_ids) when no negative prompt is given.
+            empty = torch.tensor([not neg for neg in negative], device=self.device)
+            uncond = {k: (v if k == "time_ids" else torch.where(empty.view(-1, *[1] * (v.dim() - 1)), torch.zeros_like(v), v)) for k, v in uncond.items()}
         generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
-        noise = self.initial_noise(generators)
+        noise = self.initial_noise(generators, height, width)
         steps = np.zeros(n, dtype=np.int32)
         routes = [Route.STUDENT] * n
         student_latents = None
@@ -278,10 +331,13 @@ class AdaptivePipeline:
                 idx = torch.tensor(teacher_rows, device=latents.device)
                 rows_g = [generators[i] for i in teacher_rows]
                 if s.strategy is Strategy.REFINE:
-                    fixed, used = yield from timed("teacher", len(teacher_rows), self._teacher_refine(latents[idx], text[idx], uncond[idx], rows_g, s, check))
+                    # Small rollbacks go to SDXL-Refiner when the deployment has one (supplement D.3).
+                    r_uncond, r_text = refiner if refiner is not None and self.deployment.uses_refiner(s.sigma) else (uncond, text)
+                    refine = self._teacher_refine(latents[idx], select_rows(r_text, idx), select_rows(r_uncond, idx), rows_g, s, check, use_refiner=r_text is not text)
+                    fixed, used = yield from timed("teacher", len(teacher_rows), refine)
                     route = Route.REFINED
                 else:
-                    fixed = yield from timed("teacher", len(teacher_rows), self._teacher_from_noise(noise[idx], text[idx], uncond[idx], rows_g, s, check))
+                    fixed = yield from timed("teacher", len(teacher_rows), self._teacher_from_noise(noise[idx], select_rows(text, idx), select_rows(uncond, idx), rows_g, s, check))
                     used, route = s.teacher_steps, Route.REGENERATED
                 fixed_images = yield from timed("decode", len(teacher_rows), self.decode(fixed))
                 latents = latents.clone()
@@ -303,11 +359,14 @@ class AdaptivePipeline:
             truncated=tokens.truncated,
             tau=tau,
             teacher_rows=teacher_rows,
+            k=k,
         )
 
     # ----------------------------------------------------------------- teacher
 
-    def _teacher(self, s: GenerationSettings) -> _Sampler:
+    def _teacher(self, s: GenerationSettings, use_refiner: bool = False) -> _Sampler:
+        if use_refiner:
+            return _Sampler("unet_refiner", self.deployment.refiner_scheduler or self.deployment.teacher_scheduler, s.guidance_scale, True, None)
         return _Sampler("unet_teacher", self.deployment.teacher_scheduler, s.guidance_scale, True, None)
 
     def _teacher_from_noise(self, noise, text, uncond, generators, s: GenerationSettings, check) -> Generator[EngineCall, Tensors, torch.Tensor]:
@@ -315,9 +374,9 @@ class AdaptivePipeline:
         teacher.set_timesteps(s.teacher_steps, self.device)
         return (yield from teacher.denoise(noise * teacher.scheduler.init_noise_sigma, teacher.scheduler.timesteps, text, uncond, generators, check))
 
-    def _teacher_refine(self, student_latents, text, uncond, generators, s: GenerationSettings, check) -> Generator[EngineCall, Tensors, tuple[torch.Tensor, int]]:
+    def _teacher_refine(self, student_latents, text, uncond, generators, s: GenerationSettings, check, use_refiner: bool = False) -> Generator[EngineCall, Tensors, tuple[torch.Tensor, int]]:
         """img2img in latent space: noise the student latent to ``strength=sigma``, run the tail."""
-        teacher = self._teacher(s)
+        teacher = self._teacher(s, use_refiner)
         sched = teacher.scheduler
         total = refine_schedule_length(s.teacher_steps, s.sigma)
         teacher.set_timesteps(total, self.device)

@@ -7,18 +7,19 @@ batches of at most ``max_rows``; results are scattered back to their requests.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from bll_python.contract import REQUEST_FIELDS, RESPONSE_FIELDS, SETTING_FIELDS
 from bll_python.engines import ComponentError
+from bll_python.load_policy import LoadPolicy
 from bll_python.pipeline import AdaptivePipeline, Cancelled, StageObserver
-from bll_python.settings import MAX_TEXT_BYTES, GenerationSettings, SettingsError, check_number
+from bll_python.settings import MAX_TEXT_BYTES, GenerationSettings, SettingsError, check_number, is_blank
 
 _FIELDS = {f.name: f for f in REQUEST_FIELDS}
-_NUMERIC_KINDS = {"float32": "f", "int32": "iu", "int64": "iu"}
+_NUMERIC_KINDS = {"float32": "f", "int32": "iu", "int64": "iu", "bool": "b"}
 
 
 @dataclass
@@ -36,10 +37,20 @@ class RequestResult:
     routes: np.ndarray  # object (bytes) [b, 1]
     unet_steps: np.ndarray  # int32 [b, 1]
     truncated: np.ndarray  # bool [b, 1]
+    effective_k: np.ndarray  # float32 [b, 1], NO_K where there was no k
+    effective_tau: np.ndarray  # float32 [b, 1], 0 where there was no gate
 
     def tensors(self) -> dict[str, np.ndarray]:
         """The response tensors by their contract names."""
-        by_name = {"image": self.images, "score": self.scores, "route": self.routes, "unet_steps": self.unet_steps, "truncated": self.truncated}
+        by_name = {
+            "image": self.images,
+            "score": self.scores,
+            "route": self.routes,
+            "unet_steps": self.unet_steps,
+            "truncated": self.truncated,
+            "effective_k": self.effective_k,
+            "effective_tau": self.effective_tau,
+        }
         return {f.name: by_name[f.name] for f in RESPONSE_FIELDS}
 
 
@@ -94,13 +105,19 @@ def parse_request(tensors: Mapping[str, np.ndarray | None], defaults: Generation
             rows.append(_row(i, column, columns, defaults))
         except SettingsError as e:
             raise _in_row(e, i, b) from None
+    # One response tensor holds all of a request's images, so they share one size.
+    for side in ("height", "width"):
+        sizes = sorted({getattr(r.settings, side) or 0 for r in rows})
+        if len(sizes) > 1:
+            raise SettingsError(side, f"rows of one request must share one image size, got {sizes}; send rows of other sizes as separate requests")
     return rows
 
 
 def _row(i: int, prompts: np.ndarray, columns: Mapping[str, np.ndarray], defaults: GenerationSettings) -> Row:
     prompt = _text("prompt", prompts[i])
-    if not prompt.strip():
-        raise SettingsError("prompt", f"got {prompt!r}, which is empty; expected at least one non-space character")
+    if is_blank(prompt):
+        shown = prompt.encode("unicode_escape").decode("ascii")[:48]
+        raise SettingsError("prompt", f"got '{shown}', which is blank (no visible character); expected at least one visible character")
     negative = _text("negative_prompt", columns["negative_prompt"][i]) if "negative_prompt" in columns else ""
     seed = check_number("seed", int(columns["seed"][i])) if "seed" in columns else 0
     given: dict[str, object] = {}
@@ -110,6 +127,8 @@ def _row(i: int, prompts: np.ndarray, columns: Mapping[str, np.ndarray], default
         value = columns[name][i]
         if _FIELDS[name].dtype == "bytes":
             given[name] = _text(name, value)
+        elif _FIELDS[name].dtype == "bool":
+            given[name] = bool(value)
         else:
             # Checked here too (not only in GenerationSettings) so that NaN never reaches a batch key.
             given[name] = check_number(name, value.item())
@@ -137,12 +156,39 @@ def error_status(exc: BaseException) -> tuple[str, str]:
     return INTERNAL, f"internal error: {type(exc).__name__}: {_first_line(str(exc))}"
 
 
-class BatchRunner:
-    """Groups rows of many requests by settings and runs each group through the pipeline."""
+# Not NaN: Triton's JSON (HTTP) responses and perf_analyzer's profile export cannot hold NaN.
+NO_K = -1.0  # effective_k of a row whose tau was given, or whose strategy has no gate
 
-    def __init__(self, pipeline: AdaptivePipeline, max_rows: int) -> None:
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else float(value)
+
+
+class BatchRunner:
+    """Groups rows of many requests by settings and runs each group through the pipeline.
+
+    With a ``policy``, each group's k is the policy's choice for the load that ``load()`` reads at
+    the moment the group starts (rows in flight, server-wide).
+    """
+
+    def __init__(self, pipeline: AdaptivePipeline, max_rows: int, *, policy: LoadPolicy | None = None, load: Callable[[], float] | None = None) -> None:
+        if (policy is None) != (load is None):
+            raise ValueError("a load policy needs a load signal, and a load signal a policy")
         self.pipeline = pipeline
         self.max_rows = max_rows
+        self.policy = policy
+        self.load = load
+
+    def settings_under_load(self, settings: GenerationSettings) -> GenerationSettings:
+        """``settings`` with the k the load policy chooses now (unchanged without a policy)."""
+        if self.policy is None or self.load is None:
+            return settings
+        self.policy.observe(self.load())
+        requested = self.pipeline.deployment.requested_k(settings)
+        if not settings.strategy.is_adaptive or requested is None:
+            return settings
+        k = self.policy.effective_k(requested, exact=settings.exact_k)
+        return settings if k == requested else replace(settings, k=k)
 
     def run(
         self,
@@ -175,7 +221,7 @@ class BatchRunner:
                     out = self.pipeline(
                         [r.prompt for r in rows],
                         seeds=[r.seed for r in rows],
-                        settings=rows[0].settings,
+                        settings=self.settings_under_load(rows[0].settings),
                         negative_prompts=[r.negative_prompt for r in rows],
                         on_stage=on_stage,
                         check_cancelled=check,
@@ -187,7 +233,7 @@ class BatchRunner:
                 if on_batch:
                     on_batch(rows, out)
                 for k, key in enumerate(chunk):
-                    outputs[key] = (out.images[k], out.scores[k], out.routes[k].value, out.unet_steps[k], out.truncated[k])
+                    outputs[key] = (out.images[k], out.scores[k], out.routes[k].value, out.unet_steps[k], out.truncated[k], _or(out.k, NO_K), _or(out.tau, 0.0))
         for i, rows in enumerate(requests):
             if results[i] is not None or isinstance(rows, Exception):
                 continue
@@ -198,5 +244,7 @@ class BatchRunner:
                 routes=np.array([[p[2].encode()] for p in parts], dtype=np.object_),
                 unet_steps=np.array([[p[3]] for p in parts], dtype=np.int32),
                 truncated=np.array([[bool(p[4])] for p in parts], dtype=np.bool_),
+                effective_k=np.array([[p[5]] for p in parts], dtype=np.float32),
+                effective_tau=np.array([[p[6]] for p in parts], dtype=np.float32),
             )
         return results  # type: ignore[return-value]

@@ -6,10 +6,14 @@ the README's serving contract table.
 
 from __future__ import annotations
 
+import functools
 import math
+import unicodedata
 from dataclasses import dataclass, fields, replace
 from enum import Enum
 from typing import Any, Mapping
+
+import numpy as np
 
 
 class Strategy(str, Enum):
@@ -57,14 +61,62 @@ LIMITS: dict[str, Range] = {
     "teacher_steps": Range(1, 100),
     "tau": Range(-1e6, 1e6),
     "k": Range(0.0, 100.0),
-    "sigma": Range(0.0, 1.0, low_open=True),
+    # The refine schedule has ~teacher_steps / sigma entries and may not exceed the teacher's 1000
+    # training timesteps (MAX_SCHEDULE_STEPS), so no sigma below 1/1000 can ever run.
+    "sigma": Range(0.001, 1.0),
     "seed": Range(INT64_MIN, INT64_MAX),
+    # Pixels; the deployment narrows this to what its engine profiles take (Deployment.resolve_size).
+    "height": Range(8, 8192),
+    "width": Range(8, 8192),
 }
-INTEGER_FIELDS = {"student_steps", "teacher_steps", "seed"}
+INTEGER_FIELDS = {"student_steps", "teacher_steps", "seed", "height", "width"}
+# The VAE upsamples latents 8x: an image side is a multiple of 8.
+SIZE_MULTIPLE = 8
 
 # Prompts longer than 77 CLIP tokens are truncated (as diffusers does), so text past a few hundred
 # words is never used; the byte cap only stops a client from making the tokenizer chew megabytes.
 MAX_TEXT_BYTES = 16384
+
+# The refine schedule (refine_schedule_length) is at most the teacher's number of training timesteps:
+# past it a DPM-Solver++ schedule repeats timesteps, and its length is work and memory the request
+# causes before any UNet runs (sigma=1e-6 with 100 teacher steps: 11.8 s and 3.1 GB building it).
+MAX_SCHEDULE_STEPS = 1000
+
+# Characters that print nothing: whitespace, controls and format characters (zero-width space and
+# joiners, bidi marks, BOM), plus the "default ignorable" letters and marks that fonts draw as blank.
+_BLANK_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"}
+_BLANK_CODEPOINTS = frozenset(
+    [0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x2800, 0x3164, 0xFFA0]
+    + list(range(0x180B, 0x1810))
+    + list(range(0xFE00, 0xFE10))
+    + list(range(0xE0100, 0xE01F0))
+)
+
+
+def is_blank(text: str) -> bool:
+    """True when ``text`` has no visible character (e.g. only spaces, zero-width spaces, Hangul fillers)."""
+    return all(c.isspace() or ord(c) in _BLANK_CODEPOINTS or unicodedata.category(c) in _BLANK_CATEGORIES for c in text)
+
+
+@functools.lru_cache(maxsize=None)
+def min_refine_sigma(teacher_steps: int) -> float:
+    """The smallest FP32 sigma whose refine schedule fits MAX_SCHEDULE_STEPS: teacher_steps / 1000,
+    rounded up to the next FP32 value where FP32 rounding fell below it (the wire type of sigma)."""
+    sigma = np.float32(teacher_steps / MAX_SCHEDULE_STEPS)
+    while refine_schedule_length(teacher_steps, float(sigma)) > MAX_SCHEDULE_STEPS:
+        sigma = np.nextafter(sigma, np.float32(np.inf))
+    return float(sigma)
+
+
+def refine_schedule_length(teacher_steps: int, sigma: float) -> int:
+    """Smallest schedule length N whose img2img tail at ``strength=sigma`` is ``teacher_steps`` long.
+
+    diffusers' img2img runs the last ``int(N * strength)`` of N steps, so N ~ teacher_steps / sigma.
+    """
+    n = max(teacher_steps, math.ceil(teacher_steps / sigma - 1e-9))
+    while int(n * sigma) < teacher_steps:
+        n += 1
+    return n
 
 
 class SettingsError(ValueError):
@@ -90,7 +142,8 @@ def check_number(field: str, value: Any) -> float | int:
         raise SettingsError(field, f"got NaN; allowed range {limit}")
     if isinstance(value, float) and not math.isfinite(value):
         raise SettingsError(field, f"got {show(value)}; allowed range {limit}")
-    if field in INTEGER_FIELDS and float(value) != int(value):
+    # An int is exact as it is: float() would round seeds above 2**53 and call them non-integers.
+    if field in INTEGER_FIELDS and not isinstance(value, int) and float(value) != int(value):
         raise SettingsError(field, f"expected an integer, got {show(value)}")
     if not limit.contains(value):
         raise SettingsError(field, f"got {show(value)}; allowed range {limit}")
@@ -112,6 +165,11 @@ class GenerationSettings:
     sigma: float = 0.7
     tau: float | None = None
     k: float | None = None
+    # Image size in pixels; None: the deployment's native size.
+    height: int | None = None
+    width: int | None = None
+    # The deployment's load policy may lower k under load; an exact request keeps its k.
+    exact_k: bool = False
 
     def __post_init__(self) -> None:
         for name in ("guidance_scale", "student_steps", "teacher_steps", "sigma"):
@@ -122,11 +180,31 @@ class GenerationSettings:
             object.__setattr__(self, "tau", check_number("tau", self.tau))
         if self.k is not None:
             object.__setattr__(self, "k", check_number("k", self.k))
+        for side in ("height", "width"):
+            value = getattr(self, side)
+            if value is not None:
+                value = check_number(side, value)
+                if value % SIZE_MULTIPLE:
+                    raise SettingsError(side, f"got {value}; expected a multiple of {SIZE_MULTIPLE}")
+                object.__setattr__(self, side, value)
+        if not isinstance(self.exact_k, bool):
+            raise SettingsError("exact_k", f"expected a boolean, got {type(self.exact_k).__name__} {self.exact_k!r}")
         try:
             object.__setattr__(self, "strategy", Strategy(self.strategy))
         except ValueError:
             allowed = ", ".join(s.value for s in Strategy)
             raise SettingsError("strategy", f"got {self.strategy!r}; allowed: {allowed}") from None
+        if self.strategy is Strategy.REFINE:
+            self._check_refine_schedule()
+
+    def _check_refine_schedule(self) -> None:
+        if refine_schedule_length(self.teacher_steps, self.sigma) > MAX_SCHEDULE_STEPS:
+            raise SettingsError(
+                "sigma",
+                f"got {show(self.sigma)} with teacher_steps={self.teacher_steps}: the refine schedule would exceed "
+                f"{MAX_SCHEDULE_STEPS} steps; allowed sigma >= teacher_steps / {MAX_SCHEDULE_STEPS} "
+                f"(here {min_refine_sigma(self.teacher_steps):.9g} as FP32)",
+            )
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], defaults: "GenerationSettings | None" = None) -> "GenerationSettings":
@@ -144,7 +222,8 @@ class GenerationSettings:
 
     def key(self) -> tuple:
         """Rows whose settings share this key can run as one batch."""
-        return (self.guidance_scale, self.student_steps, self.teacher_steps, self.strategy, self.sigma, self.tau, self.k)
+        # The size is part of the key: rows of different sizes never share a component call.
+        return (self.guidance_scale, self.student_steps, self.teacher_steps, self.strategy, self.sigma, self.tau, self.k, self.height, self.width, self.exact_k)
 
     def as_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}

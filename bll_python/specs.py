@@ -20,6 +20,9 @@ from bll_python.dtypes import dtype
 Dim = int | str
 
 BATCH = "B"
+# Image sizes chosen per request (``height``/``width``): the latent's and the decoded image's sides.
+LATENT_H, LATENT_W = "latent_height", "latent_width"
+IMAGE_H, IMAGE_W = "image_height", "image_width"
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,8 @@ BINARY = Values(0, 2)  # masks, and any integer tensor that says nothing else
 TOKEN_IDS = Values(0, 1000)
 TIMESTEPS = Values(0, 999, whole=True)
 PIXELS = Values(0, 1)
+# SDXL's micro-conditioning: (original h, w, crop top, left, target h, w) in pixels.
+SIZES = Values(0, 1024, whole=True)
 
 
 @dataclass(frozen=True)
@@ -172,6 +177,19 @@ def text_encoder_spec(*, seq_len: int, hidden: int, max_batch: int) -> Component
     )
 
 
+def text_encoder_2_spec(*, seq_len: int, hidden: int, pooled: int, max_batch: int) -> ComponentSpec:
+    """SDXL's second tower (OpenCLIP bigG): its hidden states plus the pooled, projected prompt vector."""
+    return ComponentSpec(
+        "text_encoder_2",
+        inputs=(TensorSpec("input_ids_2", "int32", (BATCH, seq_len), TOKEN_IDS),),
+        outputs=(
+            TensorSpec("text_embeddings_2", "float32", (BATCH, seq_len, hidden)),
+            TensorSpec("pooled_embeddings", "float32", (BATCH, pooled)),
+        ),
+        profile={BATCH: batch_range(max_batch)},
+    )
+
+
 def unet_spec(
     name: str,
     *,
@@ -181,12 +199,18 @@ def unet_spec(
     text_hidden: int,
     max_batch: int,
     timestep_cond_dim: int | None = None,
+    pooled_dim: int | None = None,
+    time_ids_dim: int | None = None,
+    latent_range: SymbolRange | None = None,
 ) -> ComponentSpec:
     """A denoiser; ``timestep` is per row so rows at different steps can share one call.
 
-    ``max_batch`` counts UNet rows, i.e. it already includes the doubling for CFG.
+    ``max_batch`` counts UNet rows, i.e. it already includes the doubling for CFG. SDXL UNets
+    also take the pooled prompt vector (``text_embeds``) and the size conditioning (``time_ids``),
+    both per row, so rows of different requests still share a call. With ``latent_range`` the
+    latent's sides are symbols (per-request image sizes); calls of different sizes never share one.
     """
-    latent = (BATCH, latent_channels, latent_size, latent_size)
+    latent = (BATCH, latent_channels, *_sides(latent_size, latent_range, LATENT_H, LATENT_W))
     inputs = [
         TensorSpec("sample", "float32", latent),
         TensorSpec("timestep", "float32", (BATCH,), TIMESTEPS),
@@ -194,26 +218,45 @@ def unet_spec(
     ]
     if timestep_cond_dim:
         inputs.append(TensorSpec("timestep_cond", "float32", (BATCH, timestep_cond_dim)))
+    if pooled_dim:
+        inputs.append(TensorSpec("text_embeds", "float32", (BATCH, pooled_dim)))
+        inputs.append(TensorSpec("time_ids", "float32", (BATCH, time_ids_dim), SIZES))
     return ComponentSpec(
         name,
         inputs=tuple(inputs),
         outputs=(TensorSpec("noise_pred", "float32", latent),),
-        profile={BATCH: batch_range(max_batch, opt=min(max_batch, 8))},
+        profile={BATCH: batch_range(max_batch, opt=min(max_batch, 8)), **_side_ranges(latent_range, LATENT_H, LATENT_W)},
     )
 
 
-def vae_decoder_spec(*, latent_channels: int, latent_size: int, scale: int, max_batch: int) -> ComponentSpec:
+def _sides(size: int, side_range: SymbolRange | None, h: str, w: str) -> tuple[Dim, Dim]:
+    return (h, w) if side_range else (size, size)
+
+
+def _side_ranges(side_range: SymbolRange | None, h: str, w: str) -> dict[str, SymbolRange]:
+    return {h: side_range, w: side_range} if side_range else {}
+
+
+def scaled(r: SymbolRange, factor: int) -> SymbolRange:
+    return SymbolRange(r.min * factor, r.opt * factor, r.max * factor)
+
+
+def vae_decoder_spec(*, latent_channels: int, latent_size: int, scale: int, max_batch: int, latent_range: SymbolRange | None = None) -> ComponentSpec:
     """Latents in (already divided by nothing: the graph applies the VAE scaling factor), image in [0, 1] out."""
+    image_range = scaled(latent_range, scale) if latent_range else None
     return ComponentSpec(
         "vae_decoder",
-        inputs=(TensorSpec("latent", "float32", (BATCH, latent_channels, latent_size, latent_size)),),
-        outputs=(TensorSpec("image", "float32", (BATCH, 3, latent_size * scale, latent_size * scale)),),
-        profile={BATCH: batch_range(max_batch)},
+        inputs=(TensorSpec("latent", "float32", (BATCH, latent_channels, *_sides(latent_size, latent_range, LATENT_H, LATENT_W))),),
+        outputs=(TensorSpec("image", "float32", (BATCH, 3, *_sides(latent_size * scale, image_range, IMAGE_H, IMAGE_W))),),
+        profile={BATCH: batch_range(max_batch), **_side_ranges(latent_range, LATENT_H, LATENT_W), **_side_ranges(image_range, IMAGE_H, IMAGE_W)},
     )
 
 
 def image_reward_spec(*, image_size: int, text_len: int, max_batch: int) -> ComponentSpec:
-    """Decoded image in [0, 1] plus BERT tokens in, normalised ImageReward score out."""
+    """Decoded image in [0, 1] at the deployment's native size plus BERT tokens in, normalised
+    ImageReward score out. The graph applies upstream's exact preprocessing (PIL's antialiased
+    bicubic resize to 224, as two constant matrices for the native size); images of other
+    per-request sizes are brought to the native size by the pipeline first (``AdaptivePipeline.score``)."""
     return ComponentSpec(
         "image_reward",
         inputs=(

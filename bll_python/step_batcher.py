@@ -121,9 +121,18 @@ class StepBatcher:
         share = min(self.max_rows[name], math.ceil(waiting / max(1, self._idle[name])))
         batch = [queue.popleft()]
         rows = batch[0].call.rows
-        while queue and rows + queue[0].call.rows <= share:
-            rows += queue[0].call.rows
-            batch.append(queue.popleft())
+        # Only calls of the same shapes merge (per-request image sizes); the others keep their places.
+        key = batch[0].call.shape_key
+        kept, full = [], False
+        while queue:
+            pending = queue.popleft()
+            full = full or (pending.call.shape_key == key and rows + pending.call.rows > share)
+            if not full and pending.call.shape_key == key:
+                rows += pending.call.rows
+                batch.append(pending)
+            else:
+                kept.append(pending)
+        queue.extend(kept)
         return batch
 
     async def _lane(self, name: str) -> None:

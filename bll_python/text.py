@@ -50,13 +50,16 @@ class TokenizedPrompts:
     truncated: list[bool]  # the prompt had more than 77 CLIP tokens and was cut, as diffusers does
     reward_ids: np.ndarray  # int32 [B, 35]
     reward_mask: np.ndarray  # int32 [B, 35]
+    # SDXL's second tokenizer: the same BPE, padded with OpenCLIP's "!" (None for SD1.5).
+    clip_ids_2: np.ndarray | None = None
 
 
 class PromptTokenizers:
-    def __init__(self, clip_dir: Path, reward_vocab: Path, reward_max_length: int = REWARD_MAX_LENGTH) -> None:
+    def __init__(self, clip_dir: Path, reward_vocab: Path, reward_max_length: int = REWARD_MAX_LENGTH, clip_2_dir: Path | None = None) -> None:
         from transformers import CLIPTokenizer
 
         self.clip = CLIPTokenizer.from_pretrained(str(clip_dir), local_files_only=True)
+        self.clip_2 = CLIPTokenizer.from_pretrained(str(clip_2_dir), local_files_only=True) if clip_2_dir is not None else None
         self.reward = reward_tokenizer(reward_vocab)
         self.reward_max_length = reward_max_length
 
@@ -69,10 +72,16 @@ class PromptTokenizers:
         truncated = [len(ids) > self.clip_length for ids in self.clip(prompts).input_ids]
         return enc.input_ids.astype(np.int32), truncated
 
+    def clip_ids_2(self, prompts: list[str]) -> np.ndarray | None:
+        if self.clip_2 is None:
+            return None
+        enc = self.clip_2(prompts, padding="max_length", max_length=int(self.clip_2.model_max_length), truncation=True, return_tensors="np")
+        return enc.input_ids.astype(np.int32)
+
     def reward_ids(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         return tokenize_for_reward(self.reward, list(prompts), self.reward_max_length)
 
     def __call__(self, prompts: list[str]) -> TokenizedPrompts:
         ids, truncated = self.clip_ids(prompts)
         rids, rmask = self.reward_ids(prompts)
-        return TokenizedPrompts(ids, truncated, rids, rmask)
+        return TokenizedPrompts(ids, truncated, rids, rmask, self.clip_ids_2(prompts))

@@ -31,6 +31,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight (one prompt per request, so the server can batch them)")
     for name in SETTING_FIELDS:
         f = field(name)
+        if f.dtype == "bool":  # a flag: present means true, absent leaves the server's default
+            p.add_argument(f"--{name.replace('_', '-')}", dest=name, action="store_const", const=True, default=None, help=f.doc)
+            continue
         kind = {"float32": float, "int32": int}.get(f.dtype, str)
         extra = {"choices": [s.value for s in Strategy]} if name == "strategy" else {}
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None, help=f"{f.doc} {f.allowed}".strip(), **extra)
@@ -67,11 +70,12 @@ def save_pngs(results: Sequence[Generation], out: Path, tag: str = "") -> list[P
 
 
 def table(results: Sequence[Generation], paths: Sequence[Path] | None = None) -> str:
-    rows = [f"{'#':>3}  {'route':<11} {'score':>8} {'steps':>5} {'latency':>8}  prompt"]
+    rows = [f"{'#':>3}  {'route':<11} {'score':>8} {'k':>5} {'steps':>5} {'latency':>8}  prompt"]
     for i, r in enumerate(results):
         prompt = r.prompt if len(r.prompt) <= 60 else r.prompt[:57] + "..."
         mark = " (truncated)" if r.truncated else ""
-        rows.append(f"{i:>3}  {r.route:<11} {r.score:>8.4f} {r.unet_steps:>5} {r.latency_s * 1000:>6.0f}ms  {prompt}{mark}")
+        k = "-" if r.effective_k < 0 else f"{r.effective_k:g}"  # -1: no percentile
+        rows.append(f"{i:>3}  {r.route:<11} {r.score:>8.4f} {k:>5} {r.unet_steps:>5} {r.latency_s * 1000:>6.0f}ms  {prompt}{mark}")
     return "\n".join(rows)
 
 

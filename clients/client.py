@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from bll_python.contract import REQUEST_FIELDS, RESPONSE_FIELDS, SETTING_FIELDS
+from clients.retry import RetryPolicy
 
 MODEL = "adaptive_diffusion"
 
@@ -23,6 +24,8 @@ class Generation:
     unet_steps: int
     truncated: bool
     latency_s: float
+    effective_k: float  # -1 where the request gave tau or its strategy has no gate
+    effective_tau: float  # 0 where its strategy has no gate
 
 
 def _client_module(protocol: str):
@@ -67,13 +70,19 @@ def build_inputs(module, prompts: Sequence[str], seeds: Sequence[int] | None = N
 
 
 class AdaptiveClient:
-    """``generate`` sends one request (all its prompts as rows) and returns one Generation per row."""
+    """``generate`` sends one request (all its prompts as rows) and returns one Generation per row.
 
-    def __init__(self, url: str, protocol: str = "http", model: str = MODEL, timeout_s: float = 600.0) -> None:
+    What a restarting or overloaded server answers (UNAVAILABLE, a reloading model's NOT_FOUND, a
+    refused connection; ``clients/retry.py``) is retried with backoff for up to ``retry_s`` seconds
+    (0: never); bad requests fail at once.
+    """
+
+    def __init__(self, url: str, protocol: str = "http", model: str = MODEL, timeout_s: float = 600.0, retry_s: float = 30.0) -> None:
         self.protocol = protocol
         self.module = _client_module(protocol)
         self.model = model
         self.timeout_s = timeout_s
+        self.retry = RetryPolicy(deadline_s=retry_s)
         kwargs = {"network_timeout": timeout_s, "connection_timeout": timeout_s} if protocol == "http" else {}
         self.client = self.module.InferenceServerClient(url, **kwargs)
 
@@ -89,8 +98,15 @@ class AdaptiveClient:
     def infer(self, prompts: Sequence[str], seeds: Sequence[int] | None = None, negative_prompts: Sequence[str] | None = None, **settings: Any):
         inputs = build_inputs(self.module, prompts, seeds, negative_prompts, **settings)
         outputs = [self.module.InferRequestedOutput(f.name) for f in RESPONSE_FIELDS]
-        kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
-        return self.client.infer(self.model, inputs, outputs=outputs, **kwargs)
+        start = time.monotonic()
+
+        def attempt(_retry_left_s: float):
+            # One deadline for all attempts together: what is left of timeout_s.
+            left = max(self.timeout_s - (time.monotonic() - start), 0.001)
+            kwargs = {"client_timeout": left} if self.protocol == "grpc" else {}
+            return self.client.infer(self.model, inputs, outputs=outputs, **kwargs)
+
+        return self.retry.call(attempt)
 
     def generate(self, prompts: Sequence[str], seeds: Sequence[int] | None = None, negative_prompts: Sequence[str] | None = None, **settings: Any) -> list[Generation]:
         start = time.perf_counter()
@@ -101,8 +117,10 @@ class AdaptiveClient:
         routes = result.as_numpy("route").reshape(-1)
         steps = result.as_numpy("unet_steps").reshape(-1)
         truncated = result.as_numpy("truncated").reshape(-1)
+        ks = result.as_numpy("effective_k").reshape(-1)
+        taus = result.as_numpy("effective_tau").reshape(-1)
         seeds = list(seeds) if seeds is not None else [0] * len(prompts)
         return [
-            Generation(p, int(seeds[i]), images[i], float(scores[i]), routes[i].decode(), int(steps[i]), bool(truncated[i]), latency)
+            Generation(p, int(seeds[i]), images[i], float(scores[i]), routes[i].decode(), int(steps[i]), bool(truncated[i]), latency, float(ks[i]), float(taus[i]))
             for i, p in enumerate(prompts)
         ]

@@ -20,9 +20,10 @@ from typing import Iterator, Sequence
 from tqdm.auto import tqdm
 
 from bll_python.deployment import MANIFEST, Calibration, Deployment
-from bll_python.layout import assets_dir, clip_tokenizer_dir, onnx_path, reward_vocab
+from bll_python.layout import assets_dir, clip_tokenizer_2_dir, clip_tokenizer_dir, onnx_path, reward_vocab
 from bll_python.prompts import read_prompts
 from bll_python.settings import GenerationSettings
+from export.checkpoints.errors import SourceError
 from export.checkpoints.sources import LoadedModels, Sources, load_sources
 from export.checkpoints.tokenizers import write_bert_vocab
 from export.defaults import CALIBRATION_PROMPTS, DEFAULT_MAX_ROWS, DEFAULT_ROOT, PRESET_CALIBRATION_PROMPTS
@@ -48,15 +49,30 @@ class ExportSummary:
         return "\n".join(lines)
 
 
-def make_deployment(models: LoadedModels, *, preset: str, max_rows: int, defaults: GenerationSettings | None = None) -> Deployment:
+def default_size_range(native: int, multiple: int) -> tuple[int, int]:
+    """Half to one and a half times the native side, on the size grid: the engines' profile range."""
+    low = max(multiple, (native // 2) // multiple * multiple)
+    high = max(native, (native * 3 // 2) // multiple * multiple)
+    return low, high
+
+
+def make_deployment(
+    models: LoadedModels, *, preset: str, max_rows: int, defaults: GenerationSettings | None = None, image_sizes: tuple[int, int] | None = None
+) -> Deployment:
+    native = models.dims["latent_size"] * models.dims["vae_scale"]
+    low, high = image_sizes or default_size_range(native, models.dims["size_multiple"])
+    if not low <= native <= high or low % models.dims["size_multiple"] or high % models.dims["size_multiple"]:
+        raise SourceError(f"--image-sizes: got [{low}, {high}]; the range must hold the native {native} and its ends be multiples of {models.dims['size_multiple']}")
     return Deployment(
+        min_image_size=low,
+        max_image_size=high,
         preset=preset,
         student_kind=models.kind.name,
         max_rows=max_rows,
         reward_text_len=35,
         student_scheduler=models.student_scheduler,
         teacher_scheduler=models.teacher_scheduler,
-        defaults=defaults or GenerationSettings(**models.kind.defaults),
+        defaults=defaults or GenerationSettings(**models.kind.defaults_for(models.family.name)),
         student_uses_cfg=models.kind.uses_cfg,
         **models.dims,
     )
@@ -97,14 +113,17 @@ def export_repository(
     defaults: GenerationSettings | None = None,
     calibration_prompts: Sequence[str] | None = None,
     progress: bool = True,
+    image_sizes: tuple[int, int] | None = None,
 ) -> ExportSummary:
-    """Export ``sources`` into an ONNX Runtime repository at ``repository`` (replacing one there)."""
+    """Export ``sources`` into an ONNX Runtime repository at ``repository`` (replacing one there).
+
+    ``image_sizes``: the (min, max) image side requests may ask for (default: ``default_size_range``)."""
     from export.triton.onnxruntime import write_onnxruntime_repository
 
     start = time.perf_counter()
     repository = Path(repository)
     models = load_sources(sources)
-    deployment = make_deployment(models, preset=preset, max_rows=max_rows, defaults=defaults)
+    deployment = make_deployment(models, preset=preset, max_rows=max_rows, defaults=defaults, image_sizes=image_sizes)
     specs = deployment.specs()
     summary = ExportSummary(repository)
     with _staged(repository) as staging:
@@ -116,6 +135,8 @@ def export_repository(
         assets = assets_dir(staging)
         assets.mkdir(parents=True, exist_ok=True)
         shutil.copytree(models.tokenizer_dir, clip_tokenizer_dir(staging), dirs_exist_ok=True)
+        if models.tokenizer_2_dir is not None:
+            shutil.copytree(models.tokenizer_2_dir, clip_tokenizer_2_dir(staging), dirs_exist_ok=True)
         write_bert_vocab(reward_vocab(staging).parent)
         deployment.save(assets)
         (assets / "export_report.json").write_text(json.dumps({r.component: r.max_abs_error for r in summary.parity}, indent=2))
@@ -125,6 +146,8 @@ def export_repository(
             deployment.calibration = calibrate_repository(staging, calibration_prompts, deployment.defaults, batch=max_rows, progress=progress)
             summary.calibration = deployment.calibration
             deployment.save(assets)
+            # The BLS admission queue is sized from the calibration's timing (placement.admission_queue_size).
+            write_onnxruntime_repository(staging, deployment)
     summary.seconds = time.perf_counter() - start
     return summary
 

@@ -2,7 +2,7 @@
 
 Two ways in:
 
-- ``--preset tiny|small``: random-weight checkpoints in the real formats, written and exported in
+- ``--preset tiny|small|tiny-xl``: random-weight checkpoints in the real formats, written and exported in
   one go (what ``make export`` and ``ensure_repository`` do). ``--student-kind`` picks which
   student the preset gets (default ``cd``).
 - ``--preset shapes``: the trained world's committed checkpoints (``export/world/``), exported with
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from export.checkpoints.errors import SourceError
+from export.checkpoints.samplers import DEFAULT_TEACHER_SAMPLER, TEACHER_SAMPLERS, teacher_sampler
 from export.checkpoints.students import STUDENT_KINDS, StudentKind, check_sampler_overrides, student_kind
 from export.defaults import CALIBRATION_PROMPTS, DEFAULT_MAX_ROWS, DEFAULT_ROOT, PRESET_CALIBRATION_PROMPTS, PRESET_NAMES
 
@@ -49,12 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     src = p.add_argument_group("checkpoints")
-    src.add_argument("--preset", metavar="|".join(PRESET_NAMES), help="write random-weight checkpoints in the real formats (tiny, small) or take the trained ones (shapes) and export them")
+    src.add_argument("--preset", metavar="|".join(PRESET_NAMES), help="write random-weight checkpoints in the real formats (tiny, small, tiny-xl) or take the trained ones (shapes) and export them")
     src.add_argument("--teacher", metavar="PATH_OR_HUB_ID", help="diffusers SD1.5 pipeline folder")
     src.add_argument("--student", metavar="PATH_OR_HUB_ID", help="full UNet folder (cd, lcm) or LoRA .safetensors / folder (lcm-lora, hyper-sd, flash)")
     src.add_argument("--student-kind", metavar="KIND", help=f"one of: {kinds} (default with --preset: cd; shapes: lcm)")
     src.add_argument("--reward", metavar="PATH_OR_HUB_ID", help="original ImageReward.pt (hub: THUDM/ImageReward)")
     src.add_argument("--reward-config", metavar="JSON", help="ImageReward dims; default: the published ImageReward-v1.0")
+    src.add_argument("--refiner", metavar="PATH_OR_HUB_ID", help="SDXL only: SDXL-Refiner (img2img pipeline folder), the teacher for small rollbacks")
+    src.add_argument("--refiner-max-sigma", type=float, default=0.5, metavar="S", help="rows refined with sigma <= S go to the refiner, larger ones to the base (default 0.5)")
     src.add_argument("--list-kinds", action="store_true", help="print the student kinds, their samplers and sources, and exit")
 
     out = p.add_argument_group("output")
@@ -62,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--name", help="name under artifacts/ (default: the preset, or the student kind)")
     out.add_argument("--force", action="store_true", help="replace an existing export")
     out.add_argument("--max-rows", type=int, default=None, metavar="N", help="largest batch of prompts per model call (default 8)")
+    out.add_argument("--image-sizes", type=int, nargs=2, metavar=("MIN", "MAX"), help="the image sides requests may ask for (height/width), in pixels (default: half to 1.5x the native side)")
     out.add_argument("--quiet", action="store_true", help="no progress bars")
     out.add_argument("--verbose", action="store_true", help="show the libraries' own warnings")
 
@@ -69,9 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--student-steps", type=int, metavar="N")
     d.add_argument("--teacher-steps", type=int, metavar="N")
     d.add_argument("--guidance-scale", type=float, metavar="W", help="teacher CFG scale; also the student's for cd (CFG) and lcm (w-embedding)")
-    d.add_argument("--sigma", type=float, metavar="S", help="refinement rollback strength in (0, 1]")
+    d.add_argument("--sigma", type=float, metavar="S", help="refinement rollback strength in [0.001, 1] (and >= teacher_steps / 1000 when refining)")
     d.add_argument("--k", type=float, metavar="K", help="default percentile for tau (0..100)")
     d.add_argument("--eta", type=float, metavar="ETA", help="TCD stochasticity in [0, 1] (hyper-sd only; default 0.3)")
+    d.add_argument(
+        "--teacher-sampler",
+        metavar="NAME",
+        default=None,
+        help=f"the teacher's solver, one of: {', '.join(TEACHER_SAMPLERS)} (default: the family's, dpm++2m for SD1.5 and unipc for SDXL; see export/CHECKPOINTS.md)",
+    )
 
     c = p.add_argument_group("tau calibration")
     c.add_argument("--calibration-prompts", metavar="FILE", help="held-out prompts, one a line (default: benchmarks/prompts/heldout.txt)")
@@ -84,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------------
 
 
-def _defaults(kind: StudentKind, args: argparse.Namespace):
+def _defaults(kind: StudentKind, args: argparse.Namespace, family: str = "sd15"):
+    """The serving defaults: the kind's published settings for the teacher's family, then the flags."""
     from bll_python.settings import GenerationSettings, SettingsError
     from export.checkpoints.presets import TRAINED_PRESETS
 
@@ -96,12 +107,12 @@ def _defaults(kind: StudentKind, args: argparse.Namespace):
         "k": args.k,
     }
     try:
-        base = kind.defaults
+        base = kind.defaults_for(family)
         if args.preset in TRAINED_PRESETS:  # the settings the world was trained and tuned for
             from export.world.preset import shapes_defaults
 
             d = shapes_defaults()
-            base = {"student_steps": d.student_steps, "teacher_steps": d.teacher_steps, "guidance_scale": d.guidance_scale, "sigma": d.sigma}
+            base = {**base, "student_steps": d.student_steps, "teacher_steps": d.teacher_steps, "guidance_scale": d.guidance_scale, "sigma": d.sigma}
         return GenerationSettings(**{**base, **{k: v for k, v in given.items() if v is not None}})
     except SettingsError as err:
         raise UsageError(f"--{err.field.replace('_', '-')}: {str(err).split(': ', 1)[-1]}") from None
@@ -133,7 +144,7 @@ def _calibration_prompts(args: argparse.Namespace) -> list[str] | None:
 
 
 def _real_sources(args: argparse.Namespace, kind: StudentKind, overrides: dict[str, float]):
-    from export.checkpoints.hub import FULL_STUDENT_FILES, REWARD_FILE, TEACHER_FILES, resolve_source
+    from export.checkpoints.hub import FULL_STUDENT_FILES, REFINER_FILES, REWARD_FILE, TEACHER_FILES, resolve_source
     from export.checkpoints.lora import LORA_FILE
     from export.checkpoints.sources import Sources
 
@@ -148,7 +159,18 @@ def _real_sources(args: argparse.Namespace, kind: StudentKind, overrides: dict[s
         reward_config = Path(args.reward_config).expanduser()
         if not reward_config.is_file():
             raise SourceError(f"--reward-config: {reward_config} does not exist")
-    return Sources(teacher=teacher, student=student, student_kind=kind.name, reward=reward, reward_config=reward_config, sampler_overrides=overrides)
+    refiner = resolve_source(args.refiner, "--refiner", patterns=REFINER_FILES) if args.refiner else None
+    return Sources(
+        teacher=teacher,
+        student=student,
+        student_kind=kind.name,
+        reward=reward,
+        reward_config=reward_config,
+        sampler_overrides=overrides,
+        refiner=refiner,
+        refiner_max_sigma=args.refiner_max_sigma,
+        teacher_sampler=args.teacher_sampler,
+    )
 
 
 def _prepare_out(out: Path, force: bool) -> bool:
@@ -188,6 +210,7 @@ def _quiet_libraries(enabled: bool) -> Iterator[None]:
 def _report(summary: Any, out: Path) -> str:
     from bll_python.deployment import Deployment
     from bll_python.layout import assets_dir
+    from export.checkpoints.samplers import describe
 
     dep = Deployment.load(assets_dir(out))
     kind = STUDENT_KINDS[dep.student_kind]
@@ -199,7 +222,7 @@ def _report(summary: Any, out: Path) -> str:
         str(summary),
         f"  student kind  {kind.name}: {kind.description}",
         f"  sampler       {sched.cls}(timestep_spacing={sched.config.get('timestep_spacing')!r}){'  step(' + step + ')' if step else ''}; {cfg}",
-        f"  teacher       {dep.teacher_scheduler.cls}({dep.teacher_scheduler.config.get('algorithm_type')}, order {dep.teacher_scheduler.config.get('solver_order')})",
+        f"  teacher       {describe(dep.teacher_scheduler)}",
         f"  defaults      student_steps={d.student_steps} teacher_steps={d.teacher_steps} guidance_scale={d.guidance_scale:g} sigma={d.sigma:g} strategy={d.strategy.value}",
     ]
     if dep.calibration is not None:
@@ -217,6 +240,9 @@ def _kinds_table() -> str:
     rows = []
     for kind in STUDENT_KINDS.values():
         rows.append(f"{kind.name:<9} {kind.description}\n          defaults {kind.defaults}; source: {kind.source}")
+    rows.append("\nteacher samplers (--teacher-sampler):")
+    for sampler in TEACHER_SAMPLERS.values():
+        rows.append(f"{sampler.name:<9} {sampler.cls}: {sampler.description}; source: {sampler.source}")
     return "\n".join(rows)
 
 
@@ -230,22 +256,26 @@ def run(args: argparse.Namespace) -> int:
     if args.preset is not None:
         if args.preset not in PRESET_NAMES:
             raise UsageError(f"--preset {args.preset!r} is not a preset; choose one of {list(PRESET_NAMES)}")
-        given = [f"--{f.replace('_', '-')}" for f in ("teacher", "student", "reward", "reward_config") if getattr(args, f)]
+        given = [f"--{f.replace('_', '-')}" for f in ("teacher", "student", "reward", "reward_config", "refiner") if getattr(args, f)]
         if given:
             raise UsageError(f"--preset writes its own random-weight checkpoints; drop {', '.join(given)}")
     else:
         missing = [f"--{f.replace('_', '-')}" for f in ("teacher", "student", "student_kind", "reward") if not getattr(args, f)]
         if missing:
-            raise UsageError(f"missing {', '.join(missing)} (or use --preset tiny|small)")
+            raise UsageError(f"missing {', '.join(missing)} (or use --preset tiny|small|tiny-xl|shapes)")
     if args.max_rows is not None and args.max_rows < 1:
         raise UsageError(f"--max-rows: got {args.max_rows}; expected 1 or more")
     overrides = check_sampler_overrides(kind, {"eta": args.eta} if args.eta is not None else {})
+    if args.teacher_sampler is not None:
+        teacher_sampler(args.teacher_sampler)
     defaults = _defaults(kind, args)
     prompts = _calibration_prompts(args)
 
     from export.build import checkpoint_dir, export_repository
 
     name = args.name or ((args.preset if kind.name == preset_student_kind(args.preset) else f"{args.preset}-{kind.name}") if args.preset else kind.name)
+    if not args.name and args.teacher_sampler not in (None, DEFAULT_TEACHER_SAMPLER):
+        name = f"{name}-{args.teacher_sampler}"  # another teacher is another export
     out = Path(args.out).expanduser() if args.out else Path(DEFAULT_ROOT) / name / "repository"
     if _prepare_out(out, args.force) and not args.force:
         if args.preset:
@@ -266,8 +296,12 @@ def run(args: argparse.Namespace) -> int:
             except ValueError as err:
                 raise UsageError(f"--student-kind: {err}") from None
             sources.sampler_overrides = overrides
+            sources.teacher_sampler = args.teacher_sampler
         else:
             sources = _real_sources(args, kind, overrides)
+        from export.checkpoints.sources import teacher_family
+
+        defaults = _defaults(kind, args, teacher_family(Path(sources.teacher)).name)
         if progress:
             what = "fusing the student LoRA into a copy of the teacher UNet" if kind.is_lora else "loading the student UNet"
             print(f"loading the teacher, {what}, loading ImageReward ...", file=sys.stderr)
@@ -279,6 +313,7 @@ def run(args: argparse.Namespace) -> int:
             defaults=defaults,
             calibration_prompts=prompts,
             progress=progress,
+            image_sizes=tuple(args.image_sizes) if args.image_sizes else None,
         )
     summary.seconds = time.perf_counter() - start
     print(_report(summary, out))

@@ -22,7 +22,7 @@ from bll_python.layout import assets_dir  # noqa: E402
 from bll_python.pipeline import AdaptivePipeline  # noqa: E402
 
 
-_TINY_ROOTS = {"tiny_checkpoints", "tiny_sources", "tiny_repository", "tiny_models"}
+_TINY_ROOTS = {"tiny_checkpoints", "tiny_sources", "tiny_repository", "tiny_models", "tiny_xl_sources", "tiny_xl_repository", "tiny_xl_models"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -139,3 +139,56 @@ def calibration_scores(ort_pipeline, deployment, calibration_prompts):
         chunk = calibration_prompts[i : i + deployment.max_rows]
         scores.extend(ort_pipeline(chunk, list(range(i, i + len(chunk))), settings).scores.tolist())
     return scores
+
+
+# ---------------------------------------------------------------------------------------------
+# The SDXL family: the tiny-xl preset (random weights, SDXL's architectures and on-disk formats).
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_xl_sources(tmp_path_factory):
+    from export.checkpoints.presets import preset_sources
+
+    return preset_sources("tiny-xl", tmp_path_factory.mktemp("checkpoints-xl"))
+
+
+@pytest.fixture(scope="session")
+def tiny_xl_repository(tiny_xl_sources, calibration_prompts, tmp_path_factory) -> Path:
+    """The tiny-xl ONNX Runtime repository, its tau calibrated on 8 held-out prompts."""
+    from export.build import export_repository
+
+    repo = tmp_path_factory.mktemp("tiny-xl") / "repository"
+    export_repository(tiny_xl_sources, repo, preset="tiny-xl", calibration_prompts=calibration_prompts[:8], progress=False)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def xl_deployment(tiny_xl_repository) -> Deployment:
+    return Deployment.load(assets_dir(tiny_xl_repository))
+
+
+@pytest.fixture(scope="session")
+def tiny_xl_models(tiny_xl_sources):
+    from export.checkpoints.sources import load_sources
+
+    return load_sources(tiny_xl_sources)
+
+
+@pytest.fixture(scope="session")
+def xl_torch_pipeline(tiny_xl_models, xl_deployment, tiny_xl_repository) -> AdaptivePipeline:
+    engines = Engines(**{name: TorchEngine(tiny_xl_models.modules[name], spec) for name, spec in xl_deployment.specs().items()})
+    return AdaptivePipeline(engines, xl_deployment, load_tokenizers(tiny_xl_repository, xl_deployment))
+
+
+@pytest.fixture(scope="session")
+def xl_ort_pipeline(tiny_xl_repository) -> AdaptivePipeline:
+    return inprocess_pipeline(tiny_xl_repository)
+
+
+@pytest.fixture(scope="session")
+def xl_reference(tiny_xl_models, xl_deployment):
+    """diffusers' StableDiffusionXL(Img2Img)Pipeline on the tiny-xl weights (tests/diffusers_reference_xl.py)."""
+    from tests.diffusers_reference_xl import DiffusersXLReference
+
+    return DiffusersXLReference(tiny_xl_models, xl_deployment)

@@ -12,7 +12,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from diffusers import DPMSolverMultistepScheduler, LCMScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+import diffusers
+from diffusers import LCMScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 from transformers import CLIPTokenizer
 
 from bll_python.pipeline import refine_schedule_length
@@ -50,9 +51,10 @@ class DiffusersReference:
             return cls(unet=raw[unet], scheduler=scheduler, **common).to("cpu")
 
         self.student_pipe = pipe(StableDiffusionPipeline, "unet_student", LCMScheduler.from_config(deployment.student_scheduler.config))
-        teacher_config = deployment.teacher_scheduler.config
-        self.teacher_pipe = pipe(StableDiffusionPipeline, "unet_teacher", DPMSolverMultistepScheduler.from_config(teacher_config))
-        self.img2img_pipe = pipe(StableDiffusionImg2ImgPipeline, "unet_teacher", DPMSolverMultistepScheduler.from_config(teacher_config))
+        # The deployment's teacher solver (DPM-Solver++ 2M unless exported with --teacher-sampler), by its diffusers class.
+        teacher = getattr(diffusers, deployment.teacher_scheduler.cls)
+        self.teacher_pipe = pipe(StableDiffusionPipeline, "unet_teacher", teacher.from_config(deployment.teacher_scheduler.config))
+        self.img2img_pipe = pipe(StableDiffusionImg2ImgPipeline, "unet_teacher", teacher.from_config(deployment.teacher_scheduler.config))
         self.vae = raw["vae"]
 
     def _decode(self, latents: torch.Tensor) -> np.ndarray:

@@ -206,11 +206,11 @@ class _InferenceResponse:
 class _Metric:
     """pb_utils.Metric: ``increment``/``set``/``observe`` and ``value()``, as the Python backend has them."""
 
-    def __init__(self, labels: dict[str, str], buckets: list[float] | None = None) -> None:
-        self.labels, self.buckets, self._value, self.observations = labels, buckets, 0.0, []
+    def __init__(self, labels: dict[str, str], buckets: list[float] | None = None, kind: str = "COUNTER") -> None:
+        self.labels, self.buckets, self.kind, self._value, self.observations = labels, buckets, kind, 0.0, []
 
     def increment(self, by: float) -> None:
-        assert by >= 0, "counters only go up"
+        assert by >= 0 or self.kind == "GAUGE", "counters only go up"
         self._value += by
 
     def set(self, value: float) -> None:
@@ -231,7 +231,7 @@ class _MetricFamily:
         FakePbUtils.current.families[name] = self
 
     def Metric(self, labels: dict[str, str], buckets: list[float] | None = None) -> _Metric:
-        metric = _Metric(labels, buckets)
+        metric = _Metric(labels, buckets, self.kind)
         self.metrics.append(metric)
         return metric
 

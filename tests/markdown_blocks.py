@@ -29,6 +29,7 @@ SKIP_KINDS = {
     "docker": "needs Docker and NVIDIA's container",
     "long": "runs for minutes",
     "sketch": "shows the shape of code a reader writes, not a program",
+    "cluster": "needs a Kubernetes cluster (kubectl apply, helm)",
 }
 
 _MARKER = re.compile(r"^\s*<!--\s*recipe:\s*(?P<body>.*?)\s*-->\s*$")

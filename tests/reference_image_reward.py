@@ -279,3 +279,25 @@ def normalize_like_original(image_224: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(REFERENCE_PIXEL_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(REFERENCE_PIXEL_STD).view(1, 3, 1, 1)
     return (image_224 - mean) / std
+
+
+def upstream_pixels(images: torch.Tensor, size: int = 224) -> torch.Tensor:
+    """The original's ``preprocess`` input for [B, 3, H, W] float images in [0, 1], through PIL.
+
+    As the original is used on a diffusers output: ``numpy_to_pil`` (round to uint8), then
+    ``_transform``: torchvision ``Resize(size, BICUBIC)`` on a PIL image (shorter side to ``size``,
+    longer side floored; PIL's own ``Image.resize``), ``CenterCrop(size)``, ``ToTensor``, ``Normalize``.
+    """
+    import numpy as np
+    from PIL import Image
+
+    out = []
+    for image in images:
+        pil = Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8))
+        w, h = pil.size
+        new_w, new_h = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+        pil = pil.resize((new_w, new_h), Image.BICUBIC)
+        top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+        pil = pil.crop((left, top, left + size, top + size))
+        out.append(torch.from_numpy(np.asarray(pil).astype(np.float32) / 255).permute(2, 0, 1))
+    return normalize_like_original(torch.stack(out))

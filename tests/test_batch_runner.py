@@ -70,7 +70,7 @@ def test_a_parse_error_and_a_failing_group_fail_alone(pipeline):
     teacher = pipeline.engines.unet_teacher
     teacher.fail = "down"
     try:
-        bad = SettingsError("sigma", "got 2; allowed range (0, 1]")
+        bad = SettingsError("sigma", "got 2; allowed range [0.001, 1]")
         # Three one-row requests reach the failing teacher: more than MAX_ROWS, so several batches.
         refine = [[Row(p, "", i, REFINE)] for i, p in enumerate(PROMPTS[:3])]
         requests = [bad, *refine, [Row(PROMPTS[3], "", 3, STUDENT)]]

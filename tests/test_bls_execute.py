@@ -206,7 +206,7 @@ def test_a_bad_request_gets_invalid_arg_naming_the_field_and_its_batch_neighbour
     assert_answers(responses[0], good, alone)
     assert_answers(responses[2], good, alone)
     error = responses[1].error()
-    assert error.code() == "INVALID_ARG" and error.message().startswith("sigma: ") and "(0, 1]" in error.message()
+    assert error.code() == "INVALID_ARG" and error.message().startswith("sigma: ") and "[0.001, 1]" in error.message()
     assert server.pb.metric("adaptive_requests_total", outcome="invalid_arg") == 1
 
 
@@ -251,3 +251,54 @@ def test_a_request_sharing_a_batch_with_a_cancelled_one_still_gets_its_images(se
         assert responses[0].error().code() == "CANCELLED"
     else:
         assert_answers(responses[0], doomed, alone)
+
+
+# ---------------------------------------------------------------------------------------------
+# the load policy: the BLS reads the server-wide rows in flight and reports the k it used
+
+
+@pytest.fixture
+def policy_server(tmp_path, deployment) -> Server:
+    from dataclasses import replace
+
+    from bll_python.load_policy import LoadPolicySettings
+
+    # One step to the floor as soon as more than 4 rows are in flight (this request's rows included).
+    policy = LoadPolicySettings(floor_k=10.0, high_load=4, low_load=1, step=1.0, step_down_every_s=0.0, step_up_after_s=3600.0)
+    with_policy = replace(deployment, load_policy=policy)
+    return Server(write_fake_repository(tmp_path, with_policy), with_policy)
+
+
+def _k_request(k: float, exact: bool | None = None, rows: int = 1) -> FakeRequest:
+    settings: dict[str, Any] = {**{n: v for n, v in BASE.items() if n != "tau"}, "k": k}
+    r = request([(PROMPTS[i], i, settings) for i in range(rows)])
+    if exact is not None:
+        r.tensors["exact_k"] = np.full((rows, 1), exact, dtype=np.bool_)
+    return r
+
+
+def test_the_bls_lowers_k_when_other_instances_hold_many_rows_and_reports_it(policy_server, alone):
+    in_flight = policy_server.pb.families["adaptive_rows_in_flight"].metrics[0]
+    (quiet,) = policy_server.execute([_k_request(90.0)])
+    assert quiet.as_dict()["effective_k"][0, 0] == 90.0 and quiet.as_dict()["route"][0, 0] == b"refined"
+    assert in_flight.value() == 0  # the execute's own rows are counted while it runs, then released
+
+    in_flight.set(6)  # rows that other BLS instances are running right now (the shared gauge)
+    busy, exact = policy_server.execute([_k_request(90.0), _k_request(90.0, exact=True)])
+    out = busy.as_dict()
+    assert out["effective_k"][0, 0] == 10.0  # the floor: tau at -80, every fake score clears it
+    assert out["effective_tau"][0, 0] == pytest.approx(PERCENTILES[10])
+    assert out["route"][0, 0] == b"student"
+    ref = alone(PROMPTS[0], 0, {**{n: v for n, v in BASE.items() if n != "tau"}, "k": 10.0})
+    np.testing.assert_array_equal(out["image"][0], ref.images[0])  # exactly the image at k = 10
+    assert exact.as_dict()["effective_k"][0, 0] == 90.0 and exact.as_dict()["route"][0, 0] == b"refined"
+    assert in_flight.value() == 6
+    assert policy_server.pb.metric("adaptive_k_lowered_rows_total") == 1
+    assert sorted(policy_server.pb.families["adaptive_effective_k"].metrics[0].observations) == [10.0, 90.0, 90.0]
+
+
+def test_without_a_policy_the_bls_uses_the_requested_k_under_any_load(server):
+    server.pb.families["adaptive_rows_in_flight"].metrics[0].set(100)
+    (response,) = server.execute([_k_request(90.0)])
+    assert response.as_dict()["effective_k"][0, 0] == 90.0
+    assert server.execute([request([(PROMPTS[0], 0, BASE)])])[0].as_dict()["effective_k"][0, 0] == -1.0  # tau given: no k

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from benchmarks.triton_stats import COMPONENTS as STATS_COMPONENTS
-from bll_python.components import COMPONENT_NAMES, COMPONENTS, component
+from bll_python.components import COMPONENT_NAMES, COMPONENTS, CORE_COMPONENTS, component
 from bll_python.contract import REQUEST_FIELDS, RESPONSE_FIELDS
 from bll_python.dtypes import DTYPES, dtype, tensorrt_to_torch, torch_dtype
 from bll_python.engines import Engines
@@ -23,9 +23,11 @@ from export.tensorrt.validate import TOLERANCES
 from export.triton.placement import Placement
 
 
-def test_every_record_names_a_wrapper_that_resolves_to_its_specs_signature(tiny_models, deployment):
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_every_record_names_a_wrapper_that_resolves_to_its_specs_signature(family, request):
+    tiny_models, deployment = (request.getfixturevalue(f) for f in (("tiny_models", "deployment") if family == "sd15" else ("tiny_xl_models", "xl_deployment")))
     specs = deployment.specs()
-    for name, record in COMPONENTS.items():
+    for name, record in deployment.components().items():
         factory = wrapper_factory(record)
         module = factory(tiny_models.raw[record.source])
         params = list(inspect.signature(module.forward).parameters.values())
@@ -43,11 +45,14 @@ def test_an_unresolvable_wrapper_is_named():
 
 def test_deployment_specs_are_the_records_specs_at_their_cfg_rows(deployment):
     specs = deployment.specs()
-    assert tuple(specs) == COMPONENT_NAMES
+    assert tuple(specs) == CORE_COMPONENTS, "an SD1.5 deployment serves the core components"
     for name, spec in specs.items():
         assert spec.name == name
         assert spec.max_batch == deployment.max_rows * COMPONENTS[name].cfg_rows
-    assert {n for n in COMPONENT_NAMES if COMPONENTS[n].cfg_rows == 2} == {"text_encoder", "unet_student", "unet_teacher"}
+    assert {n for n in COMPONENT_NAMES if COMPONENTS[n].cfg_rows == 2} == {"text_encoder", "text_encoder_2", "unet_student", "unet_teacher", "unet_refiner"}
+    # SDXL's components belong to its family; the refiner also needs its checkpoint.
+    assert {n for n, c in COMPONENTS.items() if "sd15" not in c.families} == {"text_encoder_2", "unet_refiner"}
+    assert [n for n, c in COMPONENTS.items() if c.optional] == ["unet_refiner"]
 
 
 def test_tensorrt_rules_tolerances_placement_and_stages_come_from_the_records():
@@ -67,7 +72,7 @@ def test_tensorrt_rules_tolerances_placement_and_stages_come_from_the_records():
 def test_engines_are_keyed_by_the_records(torch_engines):
     engines = [e for _, e in torch_engines.items()]
     by_position = Engines(*engines)
-    assert [n for n, _ in by_position.items()] == list(COMPONENT_NAMES)
+    assert [n for n, _ in by_position.items()] == list(CORE_COMPONENTS)
     assert by_position.unet_teacher is by_position["unet_teacher"] is torch_engines.unet_teacher
     with pytest.raises(TypeError, match=r"missing \['image_reward'\]"):
         Engines(*engines[:-1])

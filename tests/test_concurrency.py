@@ -19,21 +19,10 @@ import tritonclient.grpc as grpcclient
 from bll_python.contract import RESPONSE_FIELDS
 from bll_python.settings import GenerationSettings
 from clients.client import AdaptiveClient, build_inputs
+from tests.mixed_requests import CASES
 
 pytestmark = pytest.mark.server
 MODEL = "adaptive_diffusion"
-
-# Every strategy, and one strategy with different settings (sigma, steps, tau, guidance).
-CASES = [
-    ("a red fox in the snow", 3, dict(strategy="refine", tau=1e6, sigma=0.7, teacher_steps=4)),
-    ("a koi pond", 1, dict(strategy="student_only", student_steps=3)),
-    ("two cats on a sofa", 4, dict(strategy="teacher_only", teacher_steps=3)),
-    ("an old lighthouse", 1, dict(strategy="regenerate", tau=1e6, teacher_steps=5)),
-    ("a bowl of ramen", 5, dict(strategy="refine", tau=1e6, sigma=0.3, teacher_steps=4)),
-    ("a knight in armor", 9, dict(strategy="refine", tau=-1e6)),
-    ("sunflowers at night", 2, dict(strategy="refine", tau=1e6, sigma=0.9, teacher_steps=2)),
-    ("a robot barista", 6, dict(strategy="teacher_only", guidance_scale=3.0)),
-]
 
 
 @pytest.fixture(scope="module")

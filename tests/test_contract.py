@@ -36,10 +36,14 @@ def test_bls_config_declares_every_contract_field_with_its_type(deployment):
         assert mc.DataType.Name(declared[f.name].data_type) == f.triton_dtype
     assert config.max_batch_size == deployment.max_rows
     # One request per execution: an accepted image must not wait for its batch neighbours' teacher work.
-    assert not config.HasField("dynamic_batching")
-    size = deployment.image_size
+    # The dynamic batcher is there for its bounded queue only (admission control, tests/test_admission.py).
+    batching = config.dynamic_batching
+    assert list(batching.preferred_batch_size) == [1] and batching.max_queue_delay_microseconds == 0
+    assert batching.default_queue_policy.max_queue_size >= config.instance_group[0].count
+    # Images come at each request's size (height, width), so the output's sides are variable.
+    assert deployment.image_range is not None
     image = declared["image"]
-    assert (image.data_type, list(image.dims)) == (mc.TYPE_UINT8, [size, size, 3])
+    assert (image.data_type, list(image.dims)) == (mc.TYPE_UINT8, [-1, -1, 3])
     optional = [t.name for t in config.input if t.optional]
     assert sorted(optional) == sorted(f.name for f in REQUEST_FIELDS if f.optional)
 
@@ -86,7 +90,7 @@ def test_an_unknown_setting_is_named():
 @pytest.mark.parametrize(
     "tensors, field, fragment",
     [
-        ({"prompt": _col([b""])}, "prompt", "empty"),
+        ({"prompt": _col([b""])}, "prompt", "blank"),
         ({"prompt": _col([b"\xff\xfe"])}, "prompt", "UTF-8"),
         ({"prompt": _col([b"x"]), "student_steps": _col([0], np.int32)}, "student_steps", "[1, 50]"),
         ({"prompt": _col([b"x"]), "teacher_steps": _col([101], np.int32)}, "teacher_steps", "[1, 100]"),
@@ -95,9 +99,9 @@ def test_an_unknown_setting_is_named():
         ({"prompt": _col([b"x"]), "tau": _col([np.nan], np.float32)}, "tau", "NaN"),
         # FP32 0.1 arrives as 0.10000000149011612; the message shows what the client typed.
         ({"prompt": _col([b"x"]), "tau": _col([0.1], np.float32), "k": _col([50.0], np.float32)}, "tau", "got tau=0.1 and k=50; give tau or k, not both"),
-        ({"prompt": _col([b"x", b"y"]), "sigma": _col([0.5, 2.0], np.float32)}, "sigma", "sigma: got 2; allowed range (0, 1] (row 1)"),
+        ({"prompt": _col([b"x", b"y"]), "sigma": _col([0.5, 2.0], np.float32)}, "sigma", "sigma: got 2; allowed range [0.001, 1] (row 1)"),
         ({"prompt": _col([b"x"]), "k": _col([101.0], np.float32)}, "k", "[0, 100]"),
-        ({"prompt": _col([b"x"]), "sigma": _col([0.0], np.float32)}, "sigma", "(0, 1]"),
+        ({"prompt": _col([b"x"]), "sigma": _col([0.0], np.float32)}, "sigma", "[0.001, 1]"),
         ({"prompt": _col([b"x"]), "strategy": _col([b"fastest"])}, "strategy", "refine"),
         ({"prompt": _col([b"x"]), "student_steps": _col([2.5], np.float32)}, "student_steps", "INT32"),
         ({"prompt": _col([b"x"]), "seed": np.array([1, 2], dtype=np.int64)}, "seed", "shape"),
@@ -115,7 +119,7 @@ def test_bad_input_names_the_field_and_the_allowed_range(tensors, field, fragmen
     [
         ("student_steps", "3", "student_steps: expected a number, got str '3'"),
         ("student_steps", 2.5, "student_steps: expected an integer, got 2.5"),
-        ("sigma", 1.5, "sigma: got 1.5; allowed range (0, 1]"),
+        ("sigma", 1.5, "sigma: got 1.5; allowed range [0.001, 1]"),
         ("guidance_scale", float("inf"), "guidance_scale: got inf; allowed range [0, 30]"),
         ("k", float("nan"), "k: got NaN; allowed range [0, 100]"),
     ],

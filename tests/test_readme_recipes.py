@@ -7,7 +7,7 @@ that cannot run on the CI machine carries a marker on the line before its fence:
 
     <!-- recipe: skip gpu: builds TensorRT engines -->
 
-and is reported as skipped with that reason (kinds: gpu, hub, docker, long, sketch); it is still
+and is reported as skipped with that reason (kinds: gpu, hub, docker, long, sketch, cluster); it is still
 checked for what breaks it before it runs (``bash -n``, a backslash that continues nothing,
 ``compile``). A fence without a language, or a marker of an unknown kind, fails the test; an unmarked
 block that cannot run here fails like any broken recipe.

@@ -12,11 +12,14 @@ on the decoded images and 1e-4 relative on the latents (see ORT_LATENT_RTOL).
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import pytest
@@ -39,8 +42,9 @@ from bll_python.settings import GenerationSettings, Strategy
 from export.build import ExportSummary, export_repository
 from export.cli import main
 from export.models.image_reward_config import CONFIG_NAME
-from export.checkpoints.presets import LORA_FILE, lora_tensors, write_cd_student, write_lcm_student, write_lora_student, write_student, write_teacher, write_tiny_image_reward
-from export.checkpoints.sources import LoadedModels, Sources, load_sources
+from export.checkpoints.presets import LORA_FILE, LORA_KEY_LAYOUTS, ldm_module_name, lora_tensors, write_cd_student, write_lcm_student, write_lora_student, write_student, write_teacher, write_tiny_image_reward
+from export.checkpoints.lora import check_lora
+from export.checkpoints.sources import STUDENT_MUST_MATCH, LoadedModels, Sources, _check_student_fits, load_sources
 from export.checkpoints.errors import SourceError
 from export.checkpoints.students import STUDENT_KINDS, student_kind
 
@@ -254,7 +258,7 @@ def test_every_lora_key_layout_fuses_to_w_plus_up_down(base):
     kind = student_kind("hyper-sd")
     fused = {
         layout: kind.load_unet(write_lora_student(base["root"] / f"layout-{layout}", "hyper-sd", layout, seed=7), base["teacher"]).state_dict()
-        for layout in ("diffusers", "kohya", "diffusers-legacy")
+        for layout in LORA_KEY_LAYOUTS
     }
     base_w = teacher_unet.state_dict()
     for name, (down, up) in lora_tensors("tiny", seed=7).items():
@@ -263,6 +267,25 @@ def test_every_lora_key_layout_fuses_to_w_plus_up_down(base):
         expected = w + (up.flatten(1) @ down.flatten(1)).reshape(w.shape)
         for layout, state in fused.items():
             assert _max_err(state[f"{name}.weight"], expected) < 1e-5, f"{layout}: {name}"
+
+
+def test_a_kohya_lora_with_the_original_ldm_module_names_is_checked_and_fused_by_diffusers_conversion(base):
+    lora = write_lora_student(base["root"] / "layout-ldm-summary", "lcm-lora", "kohya-ldm")
+    unet = UNet2DConditionModel.from_pretrained(base["teacher"] / "unet")
+    keys = load_file(str(lora))
+    assert "lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q.lora_down.weight" in keys
+    assert "lora_unet_middle_block_1_proj_in.lora_up.weight" in keys
+    assert "lora_unet_output_blocks_0_0_in_layers_2.alpha" in keys  # up_blocks.0.resnets.0.conv1
+    summary = check_lora(lora, unet)
+    assert (summary.layout, summary.modules) == ("kohya-ldm", len(lora_tensors("tiny")))
+
+
+def test_ldm_names_follow_the_original_unet_numbering():
+    # SD1.5 proper has two layers per block: input_blocks 1, 2 are down block 0, 3 its downsampler, 4 block 1.
+    assert ldm_module_name("down_blocks.1.attentions.0.proj_in", layers_per_block=2) == "input_blocks.4.1.proj_in"
+    assert ldm_module_name("up_blocks.3.attentions.2.transformer_blocks.0.attn2.to_k", layers_per_block=2) == "output_blocks.11.1.transformer_blocks.0.attn2.to_k"
+    assert ldm_module_name("mid_block.resnets.1.conv1", layers_per_block=2) == "middle_block.2.in_layers.2"
+    assert ldm_module_name("down_blocks.0.resnets.1.time_emb_proj", layers_per_block=2) == "input_blocks.2.0.emb_layers.1"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,6 +319,13 @@ def _add(key: str, shape: tuple[int, ...]) -> Callable[[dict[str, torch.Tensor]]
     return lambda s: s.__setitem__(key, torch.zeros(shape))
 
 
+def _add_pair(name: str, down: tuple[int, ...], up: tuple[int, ...]) -> Callable[[dict[str, torch.Tensor]], None]:
+    def edit(s: dict[str, torch.Tensor]) -> None:
+        s[f"{name}.lora_down.weight"], s[f"{name}.lora_up.weight"], s[f"{name}.alpha"] = torch.zeros(down), torch.zeros(up), torch.tensor(2.0)
+
+    return edit
+
+
 TE_KEY = "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight"
 LORA_DAMAGE = {
     "kohya lora_up missing": ("kohya", _drop("attn1_to_q.lora_up.weight"), r"attn1_to_q\.lora_up\.weight is missing \(its pair .*lora_down\.weight is there\)"),
@@ -305,6 +335,7 @@ LORA_DAMAGE = {
     "no such module": ("diffusers", _add("unet.down_blocks.7.attentions.0.proj_in.lora_A.weight", (4, 32)), r"down_blocks\.7\.attentions\.0\.proj_in\.lora_A\.weight names no module of the teacher UNet"),
     "text encoder LoRA": ("kohya", _add(TE_KEY, (4, 32)), r"also adapts the text encoder \(lora_te_text_model"),
     "foreign tensor": ("kohya", _add("lora_unet_mid_block_resnets_0_conv1.hada_w1_a", (4, 4)), r"unsupported LoRA tensor .*hada_w1_a"),
+    "LDM name of no module": ("kohya-ldm", _add_pair("lora_unet_input_blocks_40_1_proj_in", (4, 32, 1, 1), (32, 4, 1, 1)), r"lora_unet_input_blocks_40_1_proj_in\.lora_down\.weight names no module of the teacher UNet"),
     "not a LoRA": ("diffusers", _add("model.diffusion_model.out.2.weight", (4,)), r"unrecognised LoRA key model\.diffusion_model"),
 }
 
@@ -348,6 +379,25 @@ def test_a_damaged_full_unet_is_refused_naming_the_weight(base, tmp_path, damage
         student_kind("cd").load_unet(student, base["teacher"])
 
 
+def test_a_student_with_another_default_resolution_loads(base, tmp_path):
+    # LCM_Dreamshaper_v7's unet/config.json says sample_size 96 over SD1.5's 64: a default resolution only.
+    student = write_lcm_student(tmp_path / "lcm")
+    config = student / "unet" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "sample_size": 24}))
+    models = load_sources(_sources(base, "lcm", student))
+    assert models.raw["unet_student"].config.sample_size == 24
+    assert models.dims["latent_size"] == models.raw["unet_teacher"].config.sample_size == 16  # served at the teacher's size
+
+
+@pytest.mark.parametrize("attr", STUDENT_MUST_MATCH)
+def test_a_student_must_share_channels_and_cross_attention_width_with_the_teacher(attr):
+    config = dict(cross_attention_dim=768, in_channels=4, out_channels=4, sample_size=64, addition_embed_type=None, projection_class_embeddings_input_dim=None)
+    teacher = SimpleNamespace(config=SimpleNamespace(**config))
+    _check_student_fits(SimpleNamespace(config=SimpleNamespace(**{**config, "sample_size": 96})), teacher)
+    with pytest.raises(SourceError, match=rf"student: {attr} 7 does not match the teacher's {config[attr]}"):
+        _check_student_fits(SimpleNamespace(config=SimpleNamespace(**{**config, attr: 7})), teacher)
+
+
 def test_a_checkpoint_of_the_wrong_kind_is_refused_with_the_right_kind(base, tmp_path):
     cd, lcm = write_cd_student(tmp_path / "cd"), write_lcm_student(tmp_path / "lcm")
     with pytest.raises(SourceError, match=r"has a guidance embedding \(time_cond_proj_dim=256\).*use --student-kind lcm"):
@@ -356,7 +406,7 @@ def test_a_checkpoint_of_the_wrong_kind_is_refused_with_the_right_kind(base, tmp
         student_kind("lcm").load_unet(cd, base["teacher"])
     with pytest.raises(SourceError, match=r"is a file.*a LoRA takes --student-kind lcm-lora, hyper-sd or flash"):
         student_kind("cd").load_unet(write_lora_student(tmp_path / "lora", "flash"), base["teacher"])
-    with pytest.raises(SourceError, match=r"--student-kind 'nope' is not supported; choose one of \['cd', 'flash', 'hyper-sd', 'lcm', 'lcm-lora'\]"):
+    with pytest.raises(SourceError, match=re.escape(f"--student-kind 'nope' is not supported; choose one of {sorted(STUDENT_KINDS)}")):
         student_kind("nope")
 
 
@@ -396,7 +446,7 @@ def test_python_m_export_with_an_unsupported_kind_exits_2_with_one_line(tmp_path
         timeout=120,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["python -m export: error: --student-kind 'nope' is not supported; choose one of ['cd', 'flash', 'hyper-sd', 'lcm', 'lcm-lora']"]
+    assert proc.stderr.strip().splitlines() == [f"python -m export: error: --student-kind 'nope' is not supported; choose one of {sorted(STUDENT_KINDS)}"]
 
 
 @pytest.mark.parametrize("how", ["HF_HUB_OFFLINE=1", "endpoint not answering"])
@@ -423,7 +473,7 @@ def test_cli_usage_errors_are_one_line_with_status_2(base, capsys):
         (["--teacher", str(base["teacher"])], "missing --student, --student-kind, --reward"),
         (["--preset", "huge"], "--preset 'huge' is not a preset"),
         (["--preset", "tiny", "--student-kind", "flash", "--eta", "0.5"], "--eta does not apply to --student-kind flash"),
-        (["--preset", "tiny", "--sigma", "1.5"], "--sigma: got 1.5; allowed range (0, 1]"),
+        (["--preset", "tiny", "--sigma", "1.5"], "--sigma: got 1.5; allowed range [0.001, 1]"),
         (["--preset", "tiny", "--student-steps", "four"], "argument --student-steps: invalid int value: 'four'"),
     ]
     for argv, message in cases:
@@ -457,7 +507,8 @@ def test_cli_exports_a_hyper_sd_lora_recording_sampler_defaults_and_tau(base, tm
 
 
 def test_every_kind_has_a_published_source_and_a_tiny_writer(tmp_path):
-    assert set(STUDENT_KINDS) == set(KINDS)
-    for kind in KINDS:
+    # KINDS are the SD1.5 kinds; the SDXL-only ones are specified in tests/test_sdxl_students.py.
+    assert {name for name, k in STUDENT_KINDS.items() if "sd15" in k.families} == set(KINDS)
+    for kind in STUDENT_KINDS:
         assert STUDENT_KINDS[kind].source, kind
     assert os.path.basename(write_student("lcm-lora", tmp_path / "l")) == LORA_FILE

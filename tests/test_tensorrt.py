@@ -77,7 +77,14 @@ def test_profile_rows_are_the_spec_at_min_opt_max(specs, deployment):
         for tensor in spec.inputs:
             lo, opt, hi = rows[tensor.name]
             assert (lo[0], hi[0]) == (1, spec.max_batch), f"{name}.{tensor.name}: batch runs 1..max"
-            assert lo[1:] == opt[1:] == hi[1:] == tensor.shape(spec.sizes())[1:], "only the batch axis is dynamic"
+            # Besides the batch, only the image sides (per-request height/width) vary, over the
+            # deployment's size range; every other dim is fixed.
+            fixed = [i for i, d in enumerate(tensor.dims) if not isinstance(d, str)]
+            assert [lo[i] for i in fixed] == [opt[i] for i in fixed] == [hi[i] for i in fixed], f"{name}.{tensor.name}"
+            for i, d in enumerate(tensor.dims):
+                if d in ("latent_height", "latent_width", "image_height", "image_width"):
+                    scale = 1 if d.startswith("image") else deployment.vae_scale
+                    assert (lo[i] * scale, opt[i] * scale, hi[i] * scale) == (deployment.min_image_size, deployment.image_size, deployment.max_image_size)
 
 
 def test_unet_and_text_encoder_profiles_hold_the_cfg_doubled_batch(specs, deployment):
@@ -190,8 +197,11 @@ def test_gpu_bls_config_keeps_tensors_on_the_gpu(deployment):
     assert params["FORCE_CPU_ONLY_INPUT_TENSORS"] == "no" and params["device"] == "cuda"
     (group,) = config.instance_group
     assert (group.kind, group.count, list(group.gpus)) == (mc.ModelInstanceGroup.KIND_GPU, 2, [1])
-    # One request per execution, as on the CPU: components merge the concurrent instances' calls.
-    assert not config.HasField("dynamic_batching")
+    # One request per execution, as on the CPU: components merge the concurrent instances' calls. The
+    # BLS's batcher only bounds its queue (admission control).
+    batching = config.dynamic_batching
+    assert list(batching.preferred_batch_size) == [1] and batching.max_queue_delay_microseconds == 0
+    assert batching.default_queue_policy.max_queue_size >= 2
 
 
 # ---------------------------------------------------------------------------------------------

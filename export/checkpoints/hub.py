@@ -30,6 +30,19 @@ TEACHER_FILES = [
     "unet/diffusion_pytorch_model.safetensors",
     "vae/config.json",
     "vae/diffusion_pytorch_model.safetensors",
+    # SDXL's second text tower (absent from SD1.5 repositories, so these match nothing there).
+    "tokenizer_2/*",
+    "text_encoder_2/config.json",
+    "text_encoder_2/model.safetensors",
+]
+# SDXL-Refiner: the img2img pipeline's UNet, second tower (checked equal to the base's) and schedule.
+REFINER_FILES = [
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "text_encoder_2/config.json",
+    "text_encoder_2/model.safetensors",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
 ]
 # A distilled UNet published as a pipeline (unet/ + scheduler/) or as a bare UNet folder.
 FULL_STUDENT_FILES = ["unet/config.json", "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json", "config.json", "diffusion_pytorch_model.safetensors"]

@@ -46,7 +46,7 @@ def lora_file(path: Path) -> Path:
 @dataclass(frozen=True)
 class LoraSummary:
     path: Path
-    layout: str  # "diffusers" | "diffusers-legacy" | "kohya"
+    layout: str  # "diffusers" | "diffusers-legacy" | "kohya" | "kohya-ldm" (kohya format, original LDM module names)
     modules: int
     ranks: tuple[int, ...]
 
@@ -113,6 +113,22 @@ def _expected_shapes(module: Any, rank: int) -> tuple[tuple[int, ...], tuple[int
     return (rank, module.in_channels, *module.kernel_size), (module.out_channels, rank, 1, 1)
 
 
+Groups = dict[tuple[str, str], dict[str, tuple[str, tuple[int, ...]]]]
+
+
+def _by_module(path: Path, groups: Groups, modules: dict[str, Any], kohya_targets: dict[str, str]) -> dict[str, tuple[str, str, dict[str, tuple[str, tuple[int, ...]]]]]:
+    """module name -> (layout, reference as written in the file, {part: (key, shape)}); kohya references
+    resolve through ``kohya_targets``, the others name their module directly."""
+    found = {}
+    for (layout, ref), got in groups.items():
+        name = kohya_targets.get(ref) if layout == "kohya" else ref
+        if name is None or name not in modules:
+            key = (got.get("down") or next(iter(got.values())))[0]
+            raise SourceError(f"student LoRA {path}: {key} names no module of the teacher UNet (a LoRA for another base model?)")
+        found[name] = (layout, ref, got)
+    return found
+
+
 def check_lora(path: Path, unet: "UNet2DConditionModel") -> LoraSummary:
     """Check every tensor of a LoRA file against the UNet it will be fused into.
 
@@ -131,30 +147,31 @@ def check_lora(path: Path, unet: "UNet2DConditionModel") -> LoraSummary:
         raise SourceError(f"student LoRA {path}: the file holds no tensors")
 
     modules = dict(unet.named_modules())
-    kohya_names = {"lora_unet_" + name.replace(".", "_"): name for name in modules if name}
-    # module name -> (layout, reference as written in the file, {part: (key, shape)})
-    found: dict[str, tuple[str, str, dict[str, tuple[str, tuple[int, ...]]]]] = {}
-    layouts: set[str] = set()
+    # (layout, reference as written in the file) -> {part: (key, shape)}
+    groups: Groups = {}
     for key, shape in shapes.items():
         try:
             layout, ref, part = _split_key(key)
         except SourceError as err:
             raise SourceError(f"student LoRA {path}: {err}") from None
-        layouts.add(layout)
-        name = kohya_names.get(ref) if layout == "kohya" else ref
-        if name is None or name not in modules:
-            raise SourceError(f"student LoRA {path}: {key} names no module of the teacher UNet (a LoRA for another base model?)")
-        found.setdefault(name, (layout, ref, {}))[2][part] = (key, shape)
+        groups.setdefault((layout, ref), {})[part] = (key, shape)
+    layouts = {layout for layout, _ in groups}
     if len(layouts) > 1:
         raise SourceError(f"student LoRA {path}: mixes key layouts {sorted(layouts)}")
-
-    ranks = set()
-    for name, (layout, ref, got) in found.items():
-        module = modules[name]
+    kohya = layouts == {"kohya"}
+    if not kohya:  # names as written: a key naming no module is reported before its missing pair
+        found = _by_module(path, groups, modules, {})
+    for (layout, ref), got in groups.items():
         for need, other in (("down", "up"), ("up", "down")):
             if need not in got:
                 present = (got.get(other) or next(iter(got.values())))[0]
                 raise SourceError(f"student LoRA {path}: {_pair_key(layout, ref, present, need)} is missing (its pair {present} is there)")
+    if kohya:  # diffusers' conversion needs complete pairs
+        found = _by_module(path, groups, modules, kohya_module_names(path, unet))
+
+    ranks = set()
+    for name, (layout, ref, got) in found.items():
+        module = modules[name]
         if not isinstance(module, (nn.Linear, nn.Conv2d)):
             raise SourceError(f"student LoRA {path}: {got['down'][0]} targets {name}, a {type(module).__name__}; only Linear and Conv2d layers can take a LoRA")
         (down_key, down), (up_key, up) = got["down"], got["up"]
@@ -166,7 +183,39 @@ def check_lora(path: Path, unet: "UNet2DConditionModel") -> LoraSummary:
         if "alpha" in got and got["alpha"][1] not in ((), (1,)):
             raise SourceError(f"student LoRA {path}: {got['alpha'][0]} has shape {list(got['alpha'][1])}; alpha is a scalar")
         ranks.add(rank)
-    return LoraSummary(path, layouts.pop(), len(found), tuple(sorted(ranks)))
+    layout = layouts.pop()
+    if layout == "kohya" and any(ref.startswith(_LDM_PREFIXES) for _, ref in groups):
+        layout = "kohya-ldm"
+    return LoraSummary(path, layout, len(found), tuple(sorted(ranks)))
+
+
+# The original LDM / SGM UNet module names, which some kohya-format files keep instead of diffusers'.
+_LDM_PREFIXES = tuple(f"lora_unet_{block}_" for block in ("input_blocks", "middle_block", "output_blocks"))
+
+
+def kohya_module_names(path: Path, unet: "UNet2DConditionModel") -> dict[str, str]:
+    """kohya LoRA name (``lora_unet_...``, diffusers' or the original LDM module names) -> the UNet module
+    diffusers loads it into.
+
+    Asks diffusers' own conversion (``lora_state_dict`` with the UNet's config, which maps LDM block
+    numbers to diffusers' blocks) and follows each tensor to its converted key, so the check names
+    exactly the modules :func:`fuse_lora` will adapt.
+    """
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
+
+    original = load_file(str(path))
+    lora_name = {id(tensor): key.partition(".")[0] for key, tensor in original.items()}
+    with _quiet_diffusers():
+        try:
+            converted, _ = StableDiffusionPipeline.lora_state_dict(dict(original), unet_config=unet.config)
+        except (ValueError, KeyError, IndexError) as err:
+            raise SourceError(f"student LoRA {path}: diffusers cannot convert its kohya key names: {first_sentence(err)}") from err
+    names: dict[str, str] = {}
+    for key, tensor in converted.items():
+        _, module, _ = _split_key(key)  # diffusers' legacy layout: unet.<module>.lora.down.weight
+        names[lora_name[id(tensor)]] = module
+    return names
 
 
 @contextmanager
@@ -204,7 +253,8 @@ def fuse_lora(unet: "UNet2DConditionModel", lora: Path) -> "UNet2DConditionModel
     )
     with _quiet_diffusers():
         try:
-            pipe.load_lora_weights(str(lora))
+            # The UNet's config lets diffusers map the original LDM block numbers of a kohya file.
+            pipe.load_lora_weights(str(lora), unet_config=unet.config)
             pipe.fuse_lora(components=["unet"])
             pipe.unload_lora_weights()
         except (ValueError, RuntimeError, KeyError) as err:

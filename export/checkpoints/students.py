@@ -13,8 +13,19 @@ Adding a kind is adding one entry to ``STUDENT_KINDS``.
 | `hyper-sd` | LoRA, fused into the teacher UNet        | TCDScheduler, ``step(eta=0.3)``             | no   | Hyper-SD paper 3.3 (TCD, 1-8 steps); ByteDance/Hyper-SD card |
 | `flash`    | LoRA, fused into the teacher UNet        | LCMScheduler(timestep_spacing="trailing")   | no   | Flash Diffusion paper (4 targeted timesteps); jasperai/flash-sd card |
 
+| `add`      | full UNet (ADD-XL: SDXL-Turbo layout)    | EulerAncestralDiscreteScheduler(trailing), from its `scheduler/` | no | ADD paper; stabilityai/sdxl-turbo card (1-4 steps, guidance 0) |
+| `lightning`| LoRA, fused into the teacher UNet        | EulerDiscreteScheduler(timestep_spacing="trailing") | no | ByteDance/SDXL-Lightning card (2/4/8-step LoRAs, guidance 0) |
+
 The kinds marked "no" were distilled with the teacher's guidance folded in, so the serving
 ``guidance_scale`` drives only the teacher (and, for ``lcm``, the w-embedding).
+
+SDXL students (the teacher folder is SDXL, ``bll_python.families``) take the same kinds: CD-SDXL and
+LCM-SDXL (latent-consistency/lcm-sdxl, guidance embedding) are ``cd``/``lcm``; ADD-XL is ``add``;
+LCM-LoRA-SDXL, Hyper-SDXL (the 1-step unified LoRA, TCD), Flash-SDXL and SDXL-Lightning are LoRA
+kinds, fused into the SDXL base UNet. Their samplers are those of the SD1.5 kinds built on the SDXL
+base's schedule, as each card builds them from ``pipe.scheduler.config``. Defaults for SDXL follow
+the paper's Table 5 (supplement D.3): CD-SDXL 4 steps, 12 refinement steps, sigma 0.85, k 70;
+ADD-XL 2 steps, 4 refinement steps, sigma 0.4, k 50.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from bll_python.deployment import SchedulerRecipe
 from export.checkpoints.errors import SourceError
 from export.checkpoints.lora import fused_lora_unet
+from export.checkpoints.samplers import scheduler_recipe as _recipe
 from export.checkpoints.unet import load_full_unet
 
 if TYPE_CHECKING:
@@ -65,18 +77,6 @@ def _scheduler_config(path: Path | None, fallback: dict[str, Any]) -> dict[str, 
     return dict(fallback)
 
 
-def _recipe(cls: str, base: dict[str, Any], *, step_kwargs: dict[str, Any] | None = None, **overrides: Any) -> SchedulerRecipe:
-    import inspect
-
-    import diffusers
-
-    scheduler_cls = getattr(diffusers, cls)
-    # A teacher's PNDM config carries keys (skip_prk_steps) other classes only warn about and drop.
-    accepted = set(inspect.signature(scheduler_cls.__init__).parameters)
-    config = dict(scheduler_cls.from_config({k: v for k, v in {**base, **overrides}.items() if k in accepted}).config)
-    return SchedulerRecipe(cls=cls, config={k: v for k, v in config.items() if not k.startswith("_")}, step_kwargs=dict(step_kwargs or {}))
-
-
 def _student_folder_scheduler(path: Path) -> Path | None:
     # A full-UNet student may ship its own sampler config (LCM_Dreamshaper_v7 does, under scheduler/).
     return path / "scheduler" if path.is_dir() else None
@@ -105,6 +105,21 @@ def _hyper_sd_scheduler(path: Path, teacher_schedule: dict[str, Any]) -> Schedul
     return _recipe("TCDScheduler", teacher_schedule, step_kwargs={"eta": TCD_ETA})
 
 
+def _add_scheduler(path: Path, teacher_schedule: dict[str, Any]) -> SchedulerRecipe:
+    # sdxl-turbo ships scheduler/ = EulerAncestralDiscreteScheduler with timestep_spacing "trailing";
+    # without that folder (a bare UNet), the same on the teacher's schedule.
+    return _recipe("EulerAncestralDiscreteScheduler", _scheduler_config(_student_folder_scheduler(path), teacher_schedule), timestep_spacing="trailing")
+
+
+def _lightning_scheduler(path: Path, teacher_schedule: dict[str, Any]) -> SchedulerRecipe:
+    # The card: EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing").
+    return _recipe("EulerDiscreteScheduler", teacher_schedule, timestep_spacing="trailing")
+
+
+def _load_add_unet(student: Path, teacher: Path) -> "UNet2DConditionModel":
+    return _load_cd_unet(student, teacher)
+
+
 def _flash_scheduler(path: Path, teacher_schedule: dict[str, Any]) -> SchedulerRecipe:
     # The card: LCMScheduler.from_pretrained(<SD1.5>, subfolder="scheduler", timestep_spacing="trailing").
     return _recipe("LCMScheduler", teacher_schedule, timestep_spacing="trailing")
@@ -123,6 +138,18 @@ class StudentKind:
     # Sampler ``step`` arguments a user may override at export (e.g. TCD's eta).
     tunable: tuple[str, ...] = ()
     source: str = ""
+    # Serving defaults that replace ``defaults`` for an SDXL teacher (the paper's Table 5).
+    xl_defaults: dict[str, Any] = field(default_factory=dict)
+    # The families whose students this kind describes.
+    families: tuple[str, ...] = ("sd15", "sdxl")
+
+    def defaults_for(self, family: str) -> dict[str, Any]:
+        if family not in self.families:
+            raise SourceError(f"--student-kind {self.name} has no {family} students; the {family} kinds are {[k.name for k in STUDENT_KINDS.values() if family in k.families]}")
+        if family != "sdxl":
+            return dict(self.defaults)
+        # SDXL base's own default guidance is 5.0 (StableDiffusionXLPipeline), unless the kind publishes one.
+        return {"guidance_scale": 5.0, **self.defaults, **self.xl_defaults}
 
 
 STUDENT_KINDS: dict[str, StudentKind] = {
@@ -134,6 +161,7 @@ STUDENT_KINDS: dict[str, StudentKind] = {
         uses_cfg=True,
         defaults={"student_steps": 5, "guidance_scale": 8.0},
         source="adaptive teacher-student paper, supplement A: CD-SD1.5, multistep stochastic consistency sampler, 5 steps, CFG applied directly (trained for w in [1, 8])",
+        xl_defaults={"student_steps": 4, "teacher_steps": 12, "sigma": 0.85, "k": 70.0},
     ),
     "lcm": StudentKind(
         "lcm",
@@ -175,6 +203,28 @@ STUDENT_KINDS: dict[str, StudentKind] = {
         is_lora=True,
         source="Flash Diffusion paper (student trained on 4 targeted timesteps, teacher CFG distilled in); jasperai/flash-sd card: LCMScheduler(timestep_spacing='trailing'), num_inference_steps=4, guidance_scale=0",
     ),
+    "add": StudentKind(
+        "add",
+        "adversarial-diffusion-distilled full UNet (ADD-XL, SDXL-Turbo), Euler ancestral with trailing timesteps, no CFG",
+        _load_add_unet,
+        _add_scheduler,
+        uses_cfg=False,
+        defaults={"student_steps": 2},
+        source="ADD paper (1-4 steps, no CFG); stabilityai/sdxl-turbo card: num_inference_steps=1, guidance_scale=0.0, scheduler/ EulerAncestralDiscreteScheduler timestep_spacing='trailing'; adaptive paper Table 5: ADD-XL 2 steps",
+        xl_defaults={"student_steps": 2, "teacher_steps": 4, "sigma": 0.4, "k": 50.0},
+        families=("sdxl",),
+    ),
+    "lightning": StudentKind(
+        "lightning",
+        "SDXL-Lightning LoRA fused into the teacher UNet, Euler with trailing timesteps, no CFG",
+        fused_lora_unet,
+        _lightning_scheduler,
+        uses_cfg=False,
+        defaults={"student_steps": 4},
+        is_lora=True,
+        source="ByteDance/SDXL-Lightning card: load_lora_weights + fuse_lora, EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing='trailing'), guidance_scale=0, steps = the LoRA's (2, 4 or 8; 4 here)",
+        families=("sdxl",),
+    ),
 }
 
 
@@ -200,8 +250,3 @@ def check_sampler_overrides(kind: StudentKind, overrides: dict[str, Any] | None)
 def apply_sampler_overrides(kind: StudentKind, recipe: SchedulerRecipe, overrides: dict[str, Any] | None) -> SchedulerRecipe:
     recipe.step_kwargs.update(check_sampler_overrides(kind, overrides))
     return recipe
-
-
-def teacher_recipe(teacher_schedule: dict[str, Any]) -> SchedulerRecipe:
-    """DPM-Solver++ 2M on the teacher's own noise schedule (the paper's teacher solver)."""
-    return _recipe("DPMSolverMultistepScheduler", teacher_schedule, algorithm_type="dpmsolver++", solver_order=2)

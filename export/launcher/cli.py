@@ -2,7 +2,9 @@
 
 Ctrl-C/SIGTERM stops it cleanly (exit status 0). The repository's own server flags (recorded by its
 writer, e.g. the TensorRT CUDA pool) are passed on; arguments after ``--`` go to tritonserver
-unchanged and come last. A dead Python-backend stub restarts the server (``--on-stub-crash``).
+unchanged and come last. The server is supervised: any exit it was not asked for, and any dead
+Python-backend stub, restarts it with backoff within a restart budget, or ends the launcher with
+status 3 for an orchestrator to restart (``--on-crash exit``, and when the budget is spent).
 """
 
 from __future__ import annotations
@@ -26,7 +28,12 @@ from export.launcher.config import (
     RESTRICTED_APIS,
 )
 from export.launcher.process import ServerStartError, TritonServer, exit_with_parent
-from export.launcher.watchdog import ON_STUB_CRASH, supervise
+from bll_python.restarts import restarts_env
+from export.gateway.process import GatewayError
+from export.launcher.watchdog import ON_CRASH, RestartPolicy, supervise
+
+# The status for "down, restart me": a crash under --on-crash exit, or a spent restart budget.
+CRASH_EXIT_STATUS = 3
 
 
 class _Interrupted(Exception):
@@ -63,12 +70,21 @@ def _parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--admin-header", default=DEFAULT_ADMIN_HEADER, help="HTTP header carrying the admin key (gRPC: triton-grpc-protocol-<header>)")
     parser.add_argument("--admin-key-file", type=Path, help="write the admin key here (mode 0600), e.g. to use a generated one")
     parser.add_argument(
+        "--on-crash",
         "--on-stub-crash",
-        choices=ON_STUB_CRASH,
+        dest="on_crash",
+        choices=ON_CRASH,
         default="restart",
-        help="when a Python-backend stub dies (Triton 2.51 leaves the model failing): restart tritonserver, "
-        "or exit with status 3 for a supervisor to restart",
+        help="when tritonserver exits on its own or a Python-backend stub dies (Triton 2.51 leaves its model "
+        f"failing): restart tritonserver, or exit with status {CRASH_EXIT_STATUS} for a supervisor to restart",
     )
+    policy = RestartPolicy()
+    parser.add_argument("--max-restarts", type=int, default=policy.max_restarts, help=f"restart budget: at most this many restarts within --restart-window, then exit with status {CRASH_EXIT_STATUS}")
+    parser.add_argument("--restart-window", type=float, default=policy.window_s, metavar="SECONDS")
+    parser.add_argument("--restart-backoff", type=float, default=policy.backoff_s, metavar="SECONDS", help="wait before the second restart in a window; doubles for each further one")
+    parser.add_argument("--max-restart-backoff", type=float, default=policy.max_backoff_s, metavar="SECONDS")
+    parser.add_argument("--gateway-port", type=int, help="also run the HAProxy gateway (export/gateway) on this port in front of the server")
+    parser.add_argument("--gateway-host", default=DEFAULT_HOST, help="the gateway's bind address (0.0.0.0: reachable from other hosts)")
     parser.add_argument("--exit-with-parent", action="store_true", help="stop when the process that started this one exits (for programs that run the launcher as a child)")
     return parser.parse_args(argv), extra
 
@@ -90,6 +106,16 @@ def _banner(server: TritonServer) -> str:
         f"(gRPC metadata {GRPC_RESTRICTED_PREFIX + server.admin_header!r})\n"
         "Ctrl-C or SIGTERM stops it."
     )
+
+
+def _start_gateway(repository: Path, server: TritonServer, host: str, port: int):
+    from export.gateway.config import GatewayConfig
+    from export.gateway.process import Gateway
+
+    # The gateway outlives server restarts: its health checks route around a server that is down.
+    gateway = Gateway(GatewayConfig.for_repository(repository, [(server.config.http_url.rsplit(":", 1)[0], server.http_port)], host=host, port=port))
+    gateway.start()
+    return gateway
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -119,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         admin_key=args.admin_key,
         admin_header=args.admin_header,
     )
+    server.env_overrides = restarts_env({})  # the restart series exist, at zero, from the first start
     if args.admin_key_file is not None:
         _write_key(args.admin_key_file, server.admin_key)
     received: list[int] = []
@@ -131,23 +158,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not ready.is_set():
             raise _Interrupted  # unblock wait_ready()
 
-    stub_crashed = False
+    crashed = False
+    gateway = None
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.start()
         server.wait_ready()
         ready.set()
-        print(_banner(server), flush=True)
-        stub_crashed = supervise(
+        if args.gateway_port:
+            gateway = _start_gateway(repository, server, args.gateway_host, args.gateway_port)
+        print(_banner(server) + (f"\n  gateway  http://{gateway.url} (inference, health and metadata of adaptive_diffusion only)" if gateway else ""), flush=True)
+        outcome = supervise(
             server,
             stop_requested,
-            on_stub_crash=args.on_stub_crash,
+            on_crash=args.on_crash,
+            policy=RestartPolicy(args.max_restarts, args.restart_window, args.restart_backoff, args.max_restart_backoff),
             restart_timeout=min(5.0, float(args.exit_timeout)),
             on_restart=ready.clear,
             on_restarted=ready.set,
         )
+        crashed = not outcome.stopped
     except _Interrupted:
         pass
+    except GatewayError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        server.stop()
+        return 1
     except ServerStartError as exc:
         # Its log was already echoed; the message repeats the tail for when it scrolled away.
         print(f"error: {exc}", file=sys.stderr)
@@ -156,11 +192,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        if gateway is not None:
+            gateway.stop()
         code = server.stop(sig=received[0] if received else signal.SIGTERM)
 
     if received:
         return 0 if code == 0 else (code if code and code > 0 else 1)
-    if stub_crashed:
-        return 3
+    if crashed:
+        return CRASH_EXIT_STATUS
     print(f"error: tritonserver exited on its own with status {code}\n{server.log_tail()}", file=sys.stderr)
     return code if code and code > 0 else 1

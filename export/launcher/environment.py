@@ -29,6 +29,8 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
+from export.launcher.config import ADMIN_KEY_ENV
+
 
 def _pytriton_dir() -> Path:
     # find_spec, not import: importing pytriton pulls in its client and logging setup.
@@ -143,5 +145,8 @@ def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
     env["LD_LIBRARY_PATH"] = prepend_paths(env.get("LD_LIBRARY_PATH"), python_libdir(), tritonserver_libs_dir())
     # A PYTHONHOME meant for another interpreter would make the stub's interpreter fail to start.
     env.pop("PYTHONHOME", None)
+    # The admin key reaches tritonserver on its command line only: every model process (the stubs,
+    # and whatever Python a model runs) inherits this environment.
+    env.pop(ADMIN_KEY_ENV, None)
     return env
 

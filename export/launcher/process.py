@@ -154,6 +154,8 @@ class TritonServer:
         self._reader: threading.Thread | None = None
         self._log_handle: IO[str] | None = None
         self._started_at = 0.0
+        # Variables added to the server's environment (the watchdog's restart counts).
+        self.env_overrides: dict[str, str] = {}
 
     def __getattr__(self, name: str) -> Any:
         # The flags: server.http_port, server.admin_key, server.shm_prefix, ...
@@ -202,7 +204,7 @@ class TritonServer:
             raise FileNotFoundError(f"model repository {self.repository} does not exist")
         remove_stale_shm_regions()
         cmd = self.command()
-        env = server_env()
+        env = {**server_env(), **self.env_overrides}
         workdir = safe_workdir()
         with self._lines_lock:
             self._lines.clear()

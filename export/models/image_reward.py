@@ -14,12 +14,12 @@ code's ``encode_data`` does the same). So there is no token substitution anywher
 :func:`tokenize_for_reward` nor in ``forward``. The image attention mask (``image_atts``) is all ones.
 
 Image input. The original preprocesses a PIL image: ``Resize(224, BICUBIC)``, ``CenterCrop(224)``,
-``ToTensor``, CLIP mean/std. ``forward`` does the tensor equivalent in the graph for a square image in
-[0, 1] (a VAE decode): bicubic resize to 224 with ``antialias=False`` (the antialiased kernel has no
-ONNX opset-17 / TensorRT export; it only differs when downscaling, e.g. from 512, not for the tiny
-preset's 128 -> 224 upscale), clamp to [0, 1] (PIL clips its uint8 result after the resize), normalise.
-Two known, small deviations from the original remain: PIL's bicubic kernel uses a = -0.5 where torch
-uses a = -0.75, and the original sees the image quantised to uint8.
+``ToTensor``, CLIP mean/std; on a PIL image torchvision's resize is PIL's, whose bicubic filter is
+antialiased (widened by the downscaling factor). ``forward`` takes the image as a [0, 1] tensor (a VAE
+decode) and does the same in the graph with ops that export to ONNX and TensorRT:
+:mod:`export.models.resample` applies PIL's filter weights as two constant matrices (the crop folded
+in) and rounds to uint8 levels where upstream holds uint8 images, then normalises. Against PIL at
+512 and 1024 px the normalised pixels agree to one uint8 level, almost everywhere exactly (tests).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import BlipTextConfig, BlipTextModel, BlipVisionConfig, BlipVisionModel
 
@@ -45,6 +44,7 @@ from export.models.image_reward_keys import (
     rename_original_key,
     validate_original_state_dict,
 )
+from export.models.resample import resize_center_crop
 
 logger = logging.getLogger(__name__)
 
@@ -154,16 +154,14 @@ class ImageRewardScorer(nn.Module):
         self.eval()
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
-        """[B, 3, S, S] in [0, 1] -> the ViT's normalised [B, 3, 224, 224]."""
-        size = self.config.vision.image_size
+        """[B, 3, H, W] in [0, 1] -> the ViT's normalised [B, 3, 224, 224], as upstream's PIL transform makes it."""
         # Skipped while tracing: the spatial dims are static in the spec, and comparing traced
         # shapes would only bake constants into the graph and raise TracerWarnings.
-        if not torch.jit.is_tracing() and (image.dim() != 4 or image.shape[1] != 3 or image.shape[2] != image.shape[3]):
-            raise ValueError(f"expected a square RGB batch [B, 3, S, S], got {tuple(image.shape)}")
-        # Unconditional: at S == size the half-pixel bicubic weights are exactly (0, 1, 0, 0), so it
-        # is the identity there and no shape-dependent branch ends up in the graph.
-        image = F.interpolate(image, size=(size, size), mode="bicubic", align_corners=False, antialias=False)
-        image = image.clamp(0.0, 1.0)
+        if not torch.jit.is_tracing() and (image.dim() != 4 or image.shape[1] != 3):
+            raise ValueError(f"expected an RGB batch [B, 3, H, W], got {tuple(image.shape)}")
+        # Unconditional: at H == W == 224 the matrices are the identity, so no shape-dependent
+        # branch ends up in the graph.
+        image = resize_center_crop(image, self.config.vision.image_size)
         return (image - self.pixel_mean) / self.pixel_std
 
     def text_features(

@@ -21,8 +21,9 @@ from bll_python.contract import REQUEST_FIELDS, RESPONSE_FIELDS
 from bll_python.deployment import Deployment
 from bll_python.layout import BLS_MODEL, config_path
 from bll_python.specs import BATCH, ComponentSpec, TensorSpec
+from export.triton.placement import admission_queue_size
 
-# The BLS has no dynamic batcher: every request gets an execution of its own on one of several BLS
+# The BLS batches nothing (its dynamic batcher only bounds the queue, see _admission): every request gets an execution of its own on one of several BLS
 # instances, so an image the student answers leaves after ImageReward instead of waiting for the
 # teacher work of batch neighbours (head-of-line blocking), and rows of different requests still
 # share component calls, merged by the components' dynamic batchers (every UNet graph takes a
@@ -139,15 +140,22 @@ def tensorrt_component_config(spec: ComponentSpec, *, backend: str = "tensorrt",
     return config
 
 
-def bls_config(deployment: Deployment, *, instances: int = 1, device: str = "cpu", gpus: Sequence[int] | None = None) -> mc.ModelConfig:
+def bls_config(
+    deployment: Deployment, *, instances: int = 1, device: str = "cpu", gpus: Sequence[int] | None = None, max_queue_size: int | None = None
+) -> mc.ModelConfig:
     """``adaptive_diffusion``: one value per row for every contract field, the image ``[H, W, 3]``.
 
-    No dynamic batcher: each request runs in an execution of its own, ``instances`` at a time.
+    Each request runs in an execution of its own, ``instances`` at a time. A dynamic batcher is
+    there only for its bounded queue (admission control): its preferred batch size of one row
+    makes it hand every request to an instance alone (checked with Triton's statistics in
+    tests/test_admission.py), and a request arriving when ``max_queue_size`` requests already wait
+    (default ``admission_queue_size``) is answered UNAVAILABLE at once.
 
     ``device="cuda"`` runs its instances on GPUs with the pipeline on the GPU: the BLS model.py reads
     ``device``, the Python backend ``FORCE_CPU_ONLY_INPUT_TENSORS``.
     """
-    size = deployment.image_size
+    # [-1, -1, 3] when the deployment serves per-request sizes.
+    size = -1 if deployment.image_range else deployment.image_size
     config = mc.ModelConfig(
         name=BLS_MODEL,
         backend="python",
@@ -159,6 +167,7 @@ def bls_config(deployment: Deployment, *, instances: int = 1, device: str = "cpu
         ],
         instance_group=[_instance_group(instances, "KIND_GPU" if device == "cuda" else "KIND_CPU", gpus)],
     )
+    _admission(config, max_queue_size or admission_queue_size(instances, deployment.expected_image_seconds()))
     _parameters(config, {"component_timeout_ms": str(COMPONENT_TIMEOUT_MS)})
     if device == "cuda":
         _parameters(config, {"FORCE_CPU_ONLY_INPUT_TENSORS": "no", "device": "cuda"})
@@ -167,9 +176,23 @@ def bls_config(deployment: Deployment, *, instances: int = 1, device: str = "cpu
     return config
 
 
-def gpu_bls_config(deployment: Deployment, *, instances: int = 1, gpus: Sequence[int] | None = None) -> mc.ModelConfig:
+def _admission(config: mc.ModelConfig, max_queue_size: int) -> None:
+    # Triton's batcher sends a batch once it would pass the largest preferred size, and always takes
+    # the first queued request whole: with a preferred size of 1 and no queue delay, every execution
+    # holds exactly one request, of any row count, as soon as an instance is free.
+    batching = config.dynamic_batching
+    batching.preferred_batch_size.append(1)
+    batching.max_queue_delay_microseconds = 0
+    policy = batching.default_queue_policy
+    policy.max_queue_size = max_queue_size
+    # Past a client's own timeout a queued request is rejected rather than run for nobody.
+    policy.timeout_action = mc.ModelQueuePolicy.REJECT
+    policy.allow_timeout_override = True
+
+
+def gpu_bls_config(deployment: Deployment, *, instances: int = 1, gpus: Sequence[int] | None = None, max_queue_size: int | None = None) -> mc.ModelConfig:
     """The BLS of a TensorRT repository: tensors stay in GPU memory between components."""
-    return bls_config(deployment, instances=instances, device="cuda", gpus=gpus)
+    return bls_config(deployment, instances=instances, device="cuda", gpus=gpus, max_queue_size=max_queue_size)
 
 
 def config_text(config: mc.ModelConfig) -> str:

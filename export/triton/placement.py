@@ -3,6 +3,7 @@ work) and on a CPU-only host (one single-threaded instance of every component pe
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +12,25 @@ from bll_python.components import COMPONENTS
 from bll_python.layout import BLS_MODEL
 
 BLS = "bls"
+
+# Admission control: a request that cannot start within this long at the deployment's expected
+# service rate is better answered UNAVAILABLE at once (the client retries or sheds) than queued
+# until its deadline passes.
+ADMISSION_WAIT_S = 10.0
+
+
+def admission_queue_size(instances: int, image_seconds: float | None, max_wait_s: float = ADMISSION_WAIT_S) -> int:
+    """How many requests may wait for a BLS instance: as many one-image requests as the machine
+    finishes in ``max_wait_s`` (``image_seconds``: the whole machine's seconds per image at the
+    default settings, ``Deployment.expected_image_seconds``), and at least one per instance.
+
+    Requests beyond it are refused by Triton's queue policy with UNAVAILABLE, before any work.
+    """
+    if instances < 1:
+        raise ValueError(f"instances must be >= 1, got {instances}")
+    if not image_seconds or image_seconds <= 0:
+        return instances
+    return max(instances, math.floor(max_wait_s / image_seconds))
 
 
 def teacher_share(accept_rate: float, student_steps: int, teacher_steps: int, cost_ratio: float = 1.0) -> float:

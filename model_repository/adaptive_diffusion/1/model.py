@@ -13,6 +13,7 @@ from bll_python.contract import REQUEST_FIELDS
 from bll_python.deployment import Deployment
 from bll_python.inprocess import load_tokenizers
 from bll_python.layout import assets_dir
+from bll_python.load_policy import GaugeState, LoadPolicy
 from bll_python.metrics import ServingMetrics
 from bll_python.pipeline import AdaptivePipeline
 from bll_python.serving import BatchRunner, error_status, parse_request
@@ -45,8 +46,15 @@ class TritonPythonModel:
             device=device,
         )
         pipeline = AdaptivePipeline(engines, self.deployment, load_tokenizers(repository, self.deployment), device=device)
-        self.runner = BatchRunner(pipeline, self.deployment.max_rows)
-        self.metrics = ServingMetrics(pb_utils, components=self.deployment.specs())
+        self.metrics = ServingMetrics(pb_utils, components=self.deployment.specs(), default_k=self.deployment.default_k)
+        # Every instance reads the server-wide rows in flight and shares one policy state (gauges).
+        policy = self.deployment.load_policy
+        self.runner = BatchRunner(
+            pipeline,
+            self.deployment.max_rows,
+            policy=LoadPolicy(policy, state=GaugeState(**self.metrics.policy_state)) if policy else None,
+            load=self.metrics.rows_in_flight.value if policy else None,
+        )
 
     def _parse(self, request):
         tensors = {}
@@ -60,12 +68,17 @@ class TritonPythonModel:
 
     def execute(self, requests):
         parsed = [self._parse(r) for r in requests]
-        results = self.runner.run(
-            parsed,
-            on_stage=self.metrics.observe_stage,
-            cancelled=lambda i: requests[i].is_cancelled(),
-            on_batch=self.metrics.observe_batch,
-        )
+        rows = sum(len(p) for p in parsed if not isinstance(p, Exception))
+        self.metrics.rows_in_flight.increment(rows)
+        try:
+            results = self.runner.run(
+                parsed,
+                on_stage=self.metrics.observe_stage,
+                cancelled=lambda i: requests[i].is_cancelled(),
+                on_batch=self.metrics.observe_batch,
+            )
+        finally:
+            self.metrics.rows_in_flight.increment(-rows)
         responses = []
         for result in results:
             if isinstance(result, Exception):

@@ -1,0 +1,5 @@
+import sys
+
+from export.gateway.cli import main
+
+sys.exit(main())
