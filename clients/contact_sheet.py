@@ -36,7 +36,7 @@ def contact_sheet(
         top = head + i * row_h
         draw.text((PAD, top + size // 2 - LINE), _wrap(r.prompt, 40), fill="black")
         draw.text((PAD, top + size // 2 + LINE), f"seed {r.seed}", fill="gray")
-        for col, (g, caption) in enumerate(((s, f"score {s.score:+.2f}"), (r, f"{r.route}, {r.unet_steps} steps"))):
+        for col, (g, caption) in enumerate(((s, f"score {s.score:+.3f} {'<' if r.route != 'student' else '>='} tau {r.effective_tau:+.3f}"), (r, f"{r.route}, {r.unet_steps} steps"))):
             x = TEXT_W + col * (size + PAD)
             sheet.paste(Image.fromarray(g.image).resize((size, size), Image.Resampling.NEAREST), (x, top))
             accepted = col == 0 and r.route == "student"

@@ -84,10 +84,11 @@ class RewardConfig:
     text_hidden: int = 64
     text_layers: int = 2
     heads: int = 4
-    prompts: int = 100  # training prompts sampled by student and teacher for preference pairs
-    render_prompts: int = 600  # training prompts rendered right and wrong
+    prompts: int = 600  # training prompts sampled by student and teacher for preference pairs
+    render_prompts: int = 200  # prompts rendered right and wrong (held-out accuracy; training draws fresh renders)
     renders_per_prompt: int = 2  # wrong-attribute renders beside each right one
-    steps: int = 300
+    render_share: float = 0.5  # of each batch: pairs of fresh renders, the rest generated pairs
+    steps: int = 2000
     batch: int = 32
     lr: float = 3e-4
 

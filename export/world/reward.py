@@ -223,6 +223,26 @@ def preference_pairs(rows: list[dict[str, Any]]) -> list[tuple[int, int]]:
 # ------------------------------------------------------------------------------------------- reward
 
 
+def rendered_pairs(sampler: CaptionSampler, n: int, rng: np.random.Generator, image_size: int) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    """``n`` fresh (better, worse, caption) triples: a render of the caption and a render of it with one
+    attribute changed, each mildly degraded, ordered by the judge (ties are drawn again)."""
+    better: list[np.ndarray] = []
+    worse: list[np.ndarray] = []
+    captions: list[str] = []
+    draws = iter(sampler)
+    while len(captions) < n:
+        caption = next(draws)
+        right = random_degradation(render_caption(caption, rng, image_size), rng)
+        wrong = random_degradation(render_caption(perturb(caption, rng)[0], rng, image_size), rng)
+        a, b = judge_caption(right, caption).fidelity, judge_caption(wrong, caption).fidelity
+        if a == b:
+            continue
+        better.append(right if a > b else wrong)
+        worse.append(wrong if a > b else right)
+        captions.append(caption.text)
+    return better, worse, captions
+
+
 def _tokens(prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     from bll_python.text import reward_tokenizer, tokenize_for_reward
     from export.checkpoints.tokenizers import ASSETS, BERT_VOCAB
@@ -263,8 +283,13 @@ def train_reward(cfg: WorldConfig, work: Path, out: Path, *, resume: bool = True
     ids, mask = _tokens(data["prompts"])
     n_prompts = len(data["prompts"])
     held = set(np.random.default_rng([cfg.seed, 8]).permutation(n_prompts)[: max(1, int(HOLDOUT_SHARE * n_prompts))].tolist())
-    train_pairs = [p for p in data["pairs"] if data["rows"][p[0]]["prompt"] not in held]
+    # Generated pairs are a fixed set (sampling is the slow part); rendered pairs are drawn fresh
+    # every step, so the towers, trained from scratch, see new layouts instead of memorising ~1k.
+    train_pairs = [p for p in data["pairs"] if data["rows"][p[0]]["prompt"] not in held and data["rows"][p[0]]["group"] == GENERATED]
     test_pairs = [p for p in data["pairs"] if data["rows"][p[0]]["prompt"] in held]
+    n_rendered = int(round(rc.render_share * rc.batch))
+    n_generated = rc.batch - n_rendered
+    render_sampler = CaptionSampler(splits().train, np.random.default_rng([cfg.seed, 9]))
 
     torch.manual_seed(cfg.seed)
     config = reward_config(rc)
@@ -281,12 +306,17 @@ def train_reward(cfg: WorldConfig, work: Path, out: Path, *, resume: bool = True
     for step in range(start, rc.steps):
         model.train()
         rng = step_rng(cfg.seed, STAGE, step)
-        chosen = [train_pairs[i] for i in rng.integers(len(train_pairs), size=rc.batch)]
+        chosen = [train_pairs[i] for i in rng.integers(len(train_pairs), size=n_generated)]
         better, worse = [a for a, _ in chosen], [b for _, b in chosen]
         prompt = torch.tensor([data["rows"][a]["prompt"] for a in better])
-        images = _as_input(data["images"][better + worse])
-        scores = model(images, ids[prompt].repeat(2, 1), mask[prompt].repeat(2, 1))
-        loss = ranking_loss(scores[: rc.batch], scores[rc.batch :])
+        r_better, r_worse, r_captions = rendered_pairs(render_sampler, n_rendered, rng, cfg.image_size)
+        r_ids, r_mask = _tokens(r_captions) if r_captions else (ids[:0], mask[:0])
+        images = torch.cat([_as_input(data["images"][better + worse]), _as_input(torch.from_numpy(np.stack(r_better + r_worse))) if r_captions else _as_input(data["images"][:0])])
+        text_ids = torch.cat([ids[prompt].repeat(2, 1), r_ids.repeat(2, 1)])
+        text_mask = torch.cat([mask[prompt].repeat(2, 1), r_mask.repeat(2, 1)])
+        scores = model(images, text_ids, text_mask)
+        g, r = 2 * n_generated, n_rendered
+        loss = ranking_loss(torch.cat([scores[:n_generated], scores[g : g + r]]), torch.cat([scores[n_generated:g], scores[g + r :]]))
         set_lr(optimizer, cosine_lr(step, rc.steps, rc.lr))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -324,6 +354,7 @@ def train_reward(cfg: WorldConfig, work: Path, out: Path, *, resume: bool = True
         steps=rc.steps,
         final_loss=loss_ema,
         train_pairs=len(train_pairs),
+        rendered_pairs_seen=rc.steps * n_rendered,
         heldout_pairs=len(test_pairs),
         heldout_pair_accuracy=pair_accuracy(model, data, test_pairs, ids, mask),
         heldout_pair_accuracy_by_group=by_group,
