@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for i in range(0, len(images), 8):
             batch = torch.from_numpy(np.stack(images[i : i + 8])).permute(0, 3, 1, 2).float() / 255.0
             tokens = scorer.tokenizers(texts[i : i + 8])
-            out.append(scorer.score(batch, tokens.reward_ids, tokens.reward_mask).numpy())
+            out.append(scorer.run(scorer.score(batch, tokens.reward_ids, tokens.reward_mask)).cpu().numpy())
         return np.concatenate(out)
 
     machine = machine_info()
