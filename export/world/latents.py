@@ -27,7 +27,7 @@ def latents_file(work: Path) -> Path:
 
 def load_latents(work: Path) -> dict[str, Any]:
     """``{"captions": [str], "mean": [N, 4, h, w], "std": [N, 4, h, w], "scaling_factor": float}``."""
-    return torch.load(latents_file(work), map_location="cpu", weights_only=False)
+    return torch.load(latents_file(work), map_location="cpu", weights_only=True)
 
 
 def encode_dataset(cfg: WorldConfig, work: Path, out: Path, *, resume: bool = True, show: bool = True, threads: int = 2) -> dict[str, Any]:

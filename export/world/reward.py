@@ -279,7 +279,7 @@ def train_reward(cfg: WorldConfig, work: Path, out: Path, *, resume: bool = True
     configure_torch(threads)
     stage = StageDir(work, STAGE)
     rc = cfg.reward
-    data = torch.load(pairs_file(work), map_location="cpu", weights_only=False)
+    data = torch.load(pairs_file(work), map_location="cpu", weights_only=True)
     ids, mask = _tokens(data["prompts"])
     n_prompts = len(data["prompts"])
     held = set(np.random.default_rng([cfg.seed, 8]).permutation(n_prompts)[: max(1, int(HOLDOUT_SHARE * n_prompts))].tolist())

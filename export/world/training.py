@@ -90,7 +90,7 @@ class StageDir:
 
     def load_state(self) -> dict[str, Any] | None:
         path = self.path / "state.pt"
-        return torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None
+        return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
 
 
 def rng_state() -> dict[str, Any]:
