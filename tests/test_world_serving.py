@@ -57,7 +57,7 @@ def test_the_contact_sheet_puts_each_student_sample_beside_its_result(tmp_path):
     from clients.contact_sheet import LINE, PAD, SCALE, TEXT_W, contact_sheet
 
     def gen(route: str, value: int) -> Generation:
-        return Generation("a red circle", 3, np.full((64, 64, 3), value, np.uint8), -0.5, route, 22, False, 0.1)
+        return Generation("a red circle", 3, np.full((64, 64, 3), value, np.uint8), -0.5, route, 22, False, 0.1, 50.0, -0.4)
 
     path = contact_sheet([gen("student", 10), gen("student", 20)], [gen("refined", 200), gen("student", 20)], tmp_path / "sheet.png", lambda im, p: "judge: ok")
     sheet = np.asarray(Image.open(path))
