@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-PRESET ?= tiny
+# shapes: the trained world (committed weights); tiny / small: random weights in the real formats.
+PRESET ?= shapes
 
-.PHONY: all venv system-deps test test-fast mutate demo serve bench perf export gpu-smoke clean
+.PHONY: all venv system-deps test test-fast mutate demo serve bench bench-shapes perf export train-world gpu-smoke clean
 
 all: test
 
@@ -59,6 +60,14 @@ serve: venv system-deps
 
 bench: venv system-deps
 	$(BIN)/python -m benchmarks.run
+
+# The paper's tables in miniature on the trained shapes world, served through Triton.
+bench-shapes: venv
+	$(BIN)/python -m benchmarks.miniature
+
+# Retrain the shapes world from scratch (about an hour of CPU; resumes where it stopped).
+train-world: venv
+	nice -n 19 $(BIN)/python -m export.world train
 
 # perf_analyzer by hand, its libraries found: make perf ARGS="-m adaptive_diffusion -u 127.0.0.1:8001 -i grpc ..."
 perf: venv system-deps

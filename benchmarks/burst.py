@@ -347,6 +347,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             runs: dict[str, tuple[list[Served], list[tuple[float, float]]]] = {}
             for name in ("load_aware", "static"):  # static last: its backlog is the longest to drain
                 wait_drained(server.metrics_url)
+                # The policy's level only moves when a request observes the load; a gap of this
+                # length lets the run's first request restore the requested k fully, so the run does
+                # not start at the floor the previous run (or the capacity probe) left.
+                time.sleep(policy.steps * policy.step_up_after_s + 1.0)
                 settings = {"strategy": "refine", "k": K, "exact_k": name == "static"}
                 start = time.perf_counter()
                 runs[name] = open_loop(server.grpc_url, prompts, phases, arrivals, settings, server.metrics_url)

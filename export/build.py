@@ -163,8 +163,8 @@ def checkpoint_dir(repository: Path) -> Path:
 
 
 def ensure_repository(preset: str = "tiny", root: Path = DEFAULT_ROOT, *, calibration_prompts: int = PRESET_CALIBRATION_PROMPTS, progress: bool = True) -> Path:
-    """The preset's repository, exported first if missing (random weights, real formats)."""
-    from export.checkpoints.presets import preset_sources
+    """The preset's repository, exported first if missing (random weights in real formats, or shapes' trained ones)."""
+    from export.checkpoints.presets import preset_plan
     from export.triton.onnxruntime import write_onnxruntime_repository
 
     repository = preset_repository(preset, root)
@@ -172,9 +172,8 @@ def ensure_repository(preset: str = "tiny", root: Path = DEFAULT_ROOT, *, calibr
         # Weights are reused; configs, model.py files and the bundled core are rewritten so code changes take effect.
         write_onnxruntime_repository(repository, Deployment.load(assets_dir(repository)))
         return repository
-    prompts = read_prompts(CALIBRATION_PROMPTS)[:calibration_prompts] if CALIBRATION_PROMPTS.is_file() else None
-    sources = preset_sources(preset, checkpoint_dir(repository))
-    summary = export_repository(sources, repository, preset=preset, calibration_prompts=prompts, progress=progress)
+    plan = preset_plan(preset, checkpoint_dir(repository), calibration_prompts=calibration_prompts)
+    summary = export_repository(plan.sources, repository, preset=preset, defaults=plan.defaults, calibration_prompts=plan.calibration_prompts, progress=progress)
     if progress:
         print(summary)
     return repository

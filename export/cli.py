@@ -5,6 +5,8 @@ Two ways in:
 - ``--preset tiny|small|tiny-xl``: random-weight checkpoints in the real formats, written and exported in
   one go (what ``make export`` and ``ensure_repository`` do). ``--student-kind`` picks which
   student the preset gets (default ``cd``).
+- ``--preset shapes``: the trained world's committed checkpoints (``export/world/``), exported with
+  the serving defaults it was trained for and calibrated on its own calibration prompts.
 - ``--teacher --student --student-kind --reward``: real checkpoints, each a local path or a Hugging
   Face Hub id (``org/name``, or ``org/name/file.safetensors`` for one file of a repository).
 
@@ -48,10 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     src = p.add_argument_group("checkpoints")
-    src.add_argument("--preset", metavar="tiny|small|tiny-xl", help="write random-weight checkpoints in the real formats and export them")
+    src.add_argument("--preset", metavar="|".join(PRESET_NAMES), help="write random-weight checkpoints in the real formats (tiny, small, tiny-xl) or take the trained ones (shapes) and export them")
     src.add_argument("--teacher", metavar="PATH_OR_HUB_ID", help="diffusers SD1.5 pipeline folder")
     src.add_argument("--student", metavar="PATH_OR_HUB_ID", help="full UNet folder (cd, lcm) or LoRA .safetensors / folder (lcm-lora, hyper-sd, flash)")
-    src.add_argument("--student-kind", metavar="KIND", help=f"one of: {kinds} (default with --preset: cd)")
+    src.add_argument("--student-kind", metavar="KIND", help=f"one of: {kinds} (default with --preset: cd; shapes: lcm)")
     src.add_argument("--reward", metavar="PATH_OR_HUB_ID", help="original ImageReward.pt (hub: THUDM/ImageReward)")
     src.add_argument("--reward-config", metavar="JSON", help="ImageReward dims; default: the published ImageReward-v1.0")
     src.add_argument("--refiner", metavar="PATH_OR_HUB_ID", help="SDXL only: SDXL-Refiner (img2img pipeline folder), the teacher for small rollbacks")
@@ -95,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _defaults(kind: StudentKind, args: argparse.Namespace, family: str = "sd15"):
     """The serving defaults: the kind's published settings for the teacher's family, then the flags."""
     from bll_python.settings import GenerationSettings, SettingsError
+    from export.checkpoints.presets import TRAINED_PRESETS
 
     given = {
         "student_steps": args.student_steps,
@@ -104,7 +107,13 @@ def _defaults(kind: StudentKind, args: argparse.Namespace, family: str = "sd15")
         "k": args.k,
     }
     try:
-        return GenerationSettings(**{**kind.defaults_for(family), **{k: v for k, v in given.items() if v is not None}})
+        base = kind.defaults_for(family)
+        if args.preset in TRAINED_PRESETS:  # the settings the world was trained and tuned for
+            from export.world.preset import shapes_defaults
+
+            d = shapes_defaults()
+            base = {**base, "student_steps": d.student_steps, "teacher_steps": d.teacher_steps, "guidance_scale": d.guidance_scale, "sigma": d.sigma}
+        return GenerationSettings(**{**base, **{k: v for k, v in given.items() if v is not None}})
     except SettingsError as err:
         raise UsageError(f"--{err.field.replace('_', '-')}: {str(err).split(': ', 1)[-1]}") from None
 
@@ -119,6 +128,12 @@ def _calibration_prompts(args: argparse.Namespace) -> list[str] | None:
         raise UsageError(f"--calibration-count: got {count}; expected 0 or more")
     if count == 0:
         return None
+    from export.checkpoints.presets import TRAINED_PRESETS
+
+    if args.preset in TRAINED_PRESETS and not args.calibration_prompts and args.calibration_count is None:
+        from export.world.preset import calibration_prompts
+
+        return calibration_prompts()  # the world's own calibration file, never trained on
     path = Path(args.calibration_prompts) if args.calibration_prompts else CALIBRATION_PROMPTS
     if not path.is_file():
         raise SourceError(f"--calibration-prompts: {path} does not exist")
@@ -235,7 +250,9 @@ def run(args: argparse.Namespace) -> int:
     if args.list_kinds:
         print(_kinds_table())
         return 0
-    kind = student_kind(args.student_kind or "cd")
+    from export.checkpoints.presets import preset_student_kind
+
+    kind = student_kind(args.student_kind or (preset_student_kind(args.preset) if args.preset else "cd"))
     if args.preset is not None:
         if args.preset not in PRESET_NAMES:
             raise UsageError(f"--preset {args.preset!r} is not a preset; choose one of {list(PRESET_NAMES)}")
@@ -245,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         missing = [f"--{f.replace('_', '-')}" for f in ("teacher", "student", "student_kind", "reward") if not getattr(args, f)]
         if missing:
-            raise UsageError(f"missing {', '.join(missing)} (or use --preset tiny|small|tiny-xl)")
+            raise UsageError(f"missing {', '.join(missing)} (or use --preset tiny|small|tiny-xl|shapes)")
     if args.max_rows is not None and args.max_rows < 1:
         raise UsageError(f"--max-rows: got {args.max_rows}; expected 1 or more")
     overrides = check_sampler_overrides(kind, {"eta": args.eta} if args.eta is not None else {})
@@ -256,7 +273,7 @@ def run(args: argparse.Namespace) -> int:
 
     from export.build import checkpoint_dir, export_repository
 
-    name = args.name or ((args.preset if kind.name == "cd" else f"{args.preset}-{kind.name}") if args.preset else kind.name)
+    name = args.name or ((args.preset if kind.name == preset_student_kind(args.preset) else f"{args.preset}-{kind.name}") if args.preset else kind.name)
     if not args.name and args.teacher_sampler not in (None, DEFAULT_TEACHER_SAMPLER):
         name = f"{name}-{args.teacher_sampler}"  # another teacher is another export
     out = Path(args.out).expanduser() if args.out else Path(DEFAULT_ROOT) / name / "repository"
@@ -269,11 +286,15 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     with _quiet_libraries(not args.verbose):
         if args.preset:
-            from export.checkpoints.presets import preset_sources
+            from export.checkpoints.presets import TRAINED_PRESETS, preset_sources
 
             if progress:
-                print(f"writing the {args.preset} preset's random-weight checkpoints ({kind.name} student) ...", file=sys.stderr)
-            sources = preset_sources(args.preset, checkpoint_dir(out), kind.name)
+                what = "trained checkpoints" if args.preset in TRAINED_PRESETS else "random-weight checkpoints"
+                print(f"writing the {args.preset} preset's {what} ({kind.name} student) ...", file=sys.stderr)
+            try:
+                sources = preset_sources(args.preset, checkpoint_dir(out), kind.name)
+            except ValueError as err:
+                raise UsageError(f"--student-kind: {err}") from None
             sources.sampler_overrides = overrides
             sources.teacher_sampler = args.teacher_sampler
         else:

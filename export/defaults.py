@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Where presets and named exports go: artifacts/<name>/{checkpoints,repository}.
 DEFAULT_ROOT = Path(os.environ.get("ADAPTIVE_ARTIFACTS", ROOT / "artifacts"))
 DEFAULT_MAX_ROWS = 8
-PRESET_NAMES = ("tiny", "small", "tiny-xl")
+PRESET_NAMES = ("tiny", "small", "tiny-xl", "shapes")  # shapes: the trained world (export/world/)
 CALIBRATION_PROMPTS = ROOT / "benchmarks" / "prompts" / "heldout.txt"
 # Held-out prompts a preset is calibrated on (python -m export --preset, ensure_repository).
 PRESET_CALIBRATION_PROMPTS = 64

@@ -280,8 +280,10 @@ def test_perf_analyzer_measures_without_errors(shared_server: TritonServer, tmp_
         "--concurrency-range", "1:1",
         "--measurement-mode", "count_windows",
         "--measurement-request-count", "50",
-        "--max-trials", "3",
-        "--stability-percentage", "100",
+        # What is checked is that perf_analyzer runs against the server, not that a shared machine
+        # is steady: a stall during a neighbour's job moved 3 windows apart by more than 100 %.
+        "--max-trials", "10",
+        "--stability-percentage", "500",
         "-f", str(tmp_path / "perf.csv"),
     ]
     result = subprocess.run(cmd, env=perf_analyzer_env(), capture_output=True, text=True, timeout=60)

@@ -6,6 +6,8 @@ reads them back through the same code a real SD1.5 / student / ImageReward check
 - ``tiny``: seconds to export; 16x16 latents, 128x128 images. The CI and ``make demo`` default.
 - ``small``: the real SD1.5 block structure at reduced width (UNet 64/128/256/256, 32x32
   latents), so component compute dominates the serving overhead as it does on a GPU.
+- ``shapes``: not random: the trained world's committed checkpoints (``export/world/``), with the
+  serving defaults it was trained for and its own calibration prompts (``preset_plan``).
 - ``tiny-xl``: the SDXL family at tiny width: SDXL's UNet layout (DownBlock2D then two
   CrossAttnDownBlock2D, linear projections, deeper transformers in the last block, ``text_time``
   added conditions), its two text towers (CLIP + CLIP with projection, the second tokenizer padding
@@ -17,6 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -25,6 +28,9 @@ from export.checkpoints.sources import Sources
 from export.checkpoints.tokenizers import write_clip_tokenizer
 from export.models.image_reward_config import CHECKPOINT_NAME, CONFIG_NAME, TINY_CONFIG, ImageRewardConfig
 from export.models.image_reward_keys import BLIP_EMBED_DIM, MLP_PREFIX, original_parameter_shapes
+
+if TYPE_CHECKING:
+    from bll_python.settings import GenerationSettings
 
 # SD1.5's noise schedule; every scheduler of the teacher and the student derives from it.
 SD15_SCHEDULE = dict(
@@ -506,8 +512,53 @@ def write_preset(root: Path, preset: str = "tiny") -> dict[str, Path]:
     }
 
 
-def preset_sources(preset: str, root: Path, student_kind: str = "cd") -> Sources:
-    """The preset's checkpoints written under ``root`` (the student of ``student_kind``), as export sources."""
+# Presets whose checkpoints are trained and committed rather than written at random, and the one
+# student kind each was trained as.
+TRAINED_PRESETS = {"shapes": "lcm"}
+
+
+def preset_student_kind(preset: str) -> str:
+    """The student kind a preset exports when none is asked for: ``cd``, or the kind a trained preset was distilled as."""
+    return TRAINED_PRESETS.get(preset, "cd")
+
+
+def preset_sources(preset: str, root: Path, student_kind: str | None = None) -> Sources:
+    """The preset's checkpoints (written under ``root`` unless trained), the student of ``student_kind``, as export sources."""
+    student_kind = student_kind or preset_student_kind(preset)
+    if preset in TRAINED_PRESETS:
+        if student_kind != TRAINED_PRESETS[preset]:
+            raise ValueError(f"preset {preset!r} has one trained student, of kind {TRAINED_PRESETS[preset]!r}; got student kind {student_kind!r}")
+        from export.world.preset import shapes_sources
+
+        return shapes_sources()
     paths = write_preset(root, preset)
     student = paths["student"] if student_kind == "cd" else write_student(student_kind, root / f"student-{student_kind}", preset)
     return Sources(teacher=paths["teacher"], student=student, student_kind=student_kind, reward=paths["reward"], reward_config=paths["reward_config"])
+
+
+@dataclass(frozen=True)
+class PresetPlan:
+    """What ``export_repository`` takes for a preset: its sources, serving defaults and tau's calibration prompts.
+
+    ``defaults`` None means the student kind's own; ``calibration_prompts`` None means no calibration.
+    """
+
+    sources: Sources
+    defaults: "GenerationSettings | None"
+    calibration_prompts: list[str] | None
+
+
+def preset_plan(preset: str, root: Path, *, calibration_prompts: int | None = None, student_kind: str | None = None) -> PresetPlan:
+    """The export plan of ``preset``: random-weight presets calibrate on the first ``calibration_prompts``
+    generic held-out prompts; a trained preset on its own calibration file, with the defaults it was trained for."""
+    sources = preset_sources(preset, root, student_kind)
+    if preset in TRAINED_PRESETS:
+        from export.world.preset import calibration_prompts as world_prompts
+        from export.world.preset import shapes_defaults
+
+        return PresetPlan(sources, shapes_defaults(), world_prompts())
+    from bll_python.prompts import read_prompts
+    from export.defaults import CALIBRATION_PROMPTS
+
+    prompts = read_prompts(CALIBRATION_PROMPTS)[:calibration_prompts] if CALIBRATION_PROMPTS.is_file() else None
+    return PresetPlan(sources, None, prompts or None)

@@ -1,0 +1,5 @@
+import sys
+
+from export.world.cli import main
+
+sys.exit(main())
