@@ -254,6 +254,11 @@ def run(args: argparse.Namespace) -> int:
             given.append(f"--refiner {args.refiner} (with --preset, --refiner {PRESET_REFINER} writes the preset's refiner)")
         if given:
             raise UsageError(f"--preset writes its own random-weight checkpoints; drop {', '.join(given)}")
+        if args.refiner == PRESET_REFINER:
+            from export.checkpoints.presets import preset_family
+
+            if preset_family(args.preset) != "sdxl":
+                raise UsageError(f"--refiner: the {args.preset} preset is {preset_family(args.preset)}; only an SDXL preset (tiny-xl) has a refiner")
     else:
         missing = [f"--{f.replace('_', '-')}" for f in ("teacher", "student", "student_kind", "reward") if not getattr(args, f)]
         if missing:

@@ -4,9 +4,9 @@ images are diffusers' ``StableDiffusionXLImg2ImgPipeline`` (refiner or base conf
 1 of 255 levels and the in-process ONNX Runtime pipeline bit for bit, as for the base in
 tests/test_sdxl_served.py. Which UNet ran is read from Triton's own statistics.
 
-The repository is what ``python -m export --preset tiny-xl --refiner preset`` writes: tiny-xl plus an
-SDXL-Refiner-layout folder (export.checkpoints.presets.write_xl_refiner), exported without
-calibration (the tests pass tau).
+The repository is written by ``python -m export --preset tiny-xl --refiner preset`` (tiny-xl plus an
+SDXL-Refiner-layout folder, export.checkpoints.presets.write_xl_refiner), without calibration (the
+tests pass tau); the references load the checkpoints that command wrote.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from bll_python.inprocess import inprocess_pipeline
 from bll_python.layout import assets_dir
 from bll_python.settings import GenerationSettings
 from clients.client import AdaptiveClient
+from export.checkpoints.sources import Sources
+from export.models.image_reward_config import CHECKPOINT_NAME, CONFIG_NAME
 
 pytestmark = pytest.mark.server
 
@@ -31,12 +33,24 @@ UNETS = ("unet_teacher", "unet_refiner")
 
 
 @pytest.fixture(scope="module")
-def refiner_repository(tiny_xl_refiner_sources, tmp_path_factory) -> Path:
-    from export.build import export_repository
+def refiner_export(tmp_path_factory) -> tuple[Path, Sources]:
+    """(the repository, the checkpoints it was exported from) of the documented command."""
+    from export.build import checkpoint_dir
+    from export.cli import main
 
     repo = tmp_path_factory.mktemp("tiny-xl-refiner") / "repository"
-    export_repository(tiny_xl_refiner_sources, repo, preset="tiny-xl", calibration_prompts=None, progress=False)
-    return repo
+    assert main(["--preset", "tiny-xl", "--refiner", "preset", "--calibration-count", "0", "--out", str(repo), "--quiet"]) == 0
+    ckpt = checkpoint_dir(repo)
+    reward = ckpt / "reward" / CHECKPOINT_NAME
+    sources = Sources(
+        teacher=ckpt / "teacher", student=ckpt / "student", student_kind="cd", reward=reward, reward_config=reward.with_name(CONFIG_NAME), refiner=ckpt / "refiner"
+    )
+    return repo, sources
+
+
+@pytest.fixture(scope="module")
+def refiner_repository(refiner_export) -> Path:
+    return refiner_export[0]
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +67,12 @@ def refiner_inprocess(refiner_repository):
 
 
 @pytest.fixture(scope="module")
-def refiner_reference(tiny_xl_refiner_sources, refiner_repository):
+def refiner_reference(refiner_export):
     from export.checkpoints.sources import load_sources
     from tests.diffusers_reference_xl import DiffusersXLReference
 
-    return DiffusersXLReference(load_sources(tiny_xl_refiner_sources), Deployment.load(assets_dir(refiner_repository)))
+    repo, sources = refiner_export
+    return DiffusersXLReference(load_sources(sources), Deployment.load(assets_dir(repo)))
 
 
 def _rows_run(server) -> dict[str, int]:
