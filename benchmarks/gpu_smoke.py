@@ -137,14 +137,20 @@ def fp16_graphs(source: Path, target: Path, out: Path) -> dict[str, Any]:
     from export.tensorrt.plan import repository_builds
     from export.tensorrt.validate import write_report
 
-    specs = Deployment.load(assets_dir(source)).specs()
+    deployment = Deployment.load(assets_dir(source))
+    specs = deployment.specs()
     reports, plans = [], {}
-    for name, build in repository_builds(source, specs, target).items():
+    for name, build in repository_builds(source, specs, target, deployment=deployment).items():
         plan = build.write_fp16_graph()
         report = compare_fp16_graph(specs[name], onnx_path(source, name), build.fp16_onnx, planned_fp32=plan.selection.nodes)
         print(f"    {report}; ORT ran in FP32: {report.notes['ort_fp32_ops']}")
         reports.append(report)
-        plans[name] = {"fp32_nodes": len(plan.selection.nodes), "joined_round_trips": plan.joined_round_trips, "unmatched_rules": plan.selection.unmatched}
+        plans[name] = {
+            "fp32_rules": [r.why for r in build.rules],
+            "fp32_nodes": len(plan.selection.nodes),
+            "joined_round_trips": plan.joined_round_trips,
+            "unmatched_rules": plan.selection.unmatched,
+        }
     write_report(reports, out / "fp16_vs_fp32_onnxruntime.json")
     failed = [r.component for r in reports if not r.passed]
     assert not failed, f"FP16 graphs outside tolerance or not finite on ONNX Runtime: {failed} (see fp16_vs_fp32_onnxruntime.json)"

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from bll_python.precision import (
+    FORCE_UPCAST,
     NORMALIZATION,
     REWARD_HEAD,
     REWARD_ROOT_OPS,
@@ -54,9 +55,18 @@ class Component:
     families: tuple[str, ...] = ("sd15", "sdxl")
     # Deployed only when the export was given its checkpoint (``Deployment.optional_components``).
     optional: bool = False
+    # A boolean ``Deployment`` field that, when true, keeps the whole graph in FP32 (``FORCE_UPCAST``):
+    # the checkpoint itself says FP16 is unsafe for it (the VAE's ``force_upcast``).
+    fp32_when: str | None = None
 
     def deployment_spec(self, deployment: "Deployment") -> ComponentSpec:
         return self.spec(deployment, deployment.max_rows * self.cfg_rows)
+
+    def fp32_rules_for(self, deployment: "Deployment | None") -> tuple[Fp32Rule, ...]:
+        """The FP32 rules of this component's FP16 engine in ``deployment`` (None: the record's own)."""
+        if deployment is not None and self.fp32_when and getattr(deployment, self.fp32_when):
+            return (FORCE_UPCAST,)
+        return self.fp32_rules
 
 
 def _latents(d: "Deployment") -> dict[str, int | None]:
@@ -143,6 +153,7 @@ VAE_DECODER = Component(
     fp32_rules=(NORMALIZATION, SOFTMAX),
     tolerance=Tolerance(2e-2, 2e-2, "pixels in [0, 1]: 2e-2 is 5 of 255 levels"),
     held_outputs=2,
+    fp32_when="vae_force_upcast",
 )
 IMAGE_REWARD = Component(
     "image_reward",

@@ -85,6 +85,10 @@ class Deployment:
     min_image_size: int | None = None
     max_image_size: int | None = None
     size_multiple: int = 8
+    # The checkpoint's VAE config says ``force_upcast`` and the family honours it (SDXL): diffusers
+    # decodes it in FP32 because its activations overflow FP16, so its FP16 engine stays FP32
+    # (the component record's ``fp32_when``). False for the fp16-fix VAE and for SD1.5.
+    vae_force_upcast: bool = False
     # Optional components this export has (``unet_refiner``: SDXL-Refiner).
     optional_components: list[str] = field(default_factory=list)
     # SDXL-Refiner (supplement D.3): it refines rows whose rollback ``sigma`` is at most

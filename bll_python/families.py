@@ -22,6 +22,10 @@ class Family:
     text_layer: int
     # The second text tower and the UNet's added conditions (``text_embeds``, ``time_ids``).
     dual_text: bool
+    # Whether the family's diffusers pipelines honour the VAE config's ``force_upcast`` (decode in
+    # FP32 when the weights are FP16: ``StableDiffusionXLPipeline`` does, ``StableDiffusionPipeline``
+    # never looks at it, and SD1.5 VAEs decode fine in FP16).
+    honours_vae_force_upcast: bool = False
 
     @property
     def added_conditions(self) -> bool:
@@ -29,7 +33,7 @@ class Family:
 
 
 SD15 = Family("sd15", text_layer=-1, dual_text=False)
-SDXL = Family("sdxl", text_layer=-2, dual_text=True)
+SDXL = Family("sdxl", text_layer=-2, dual_text=True, honours_vae_force_upcast=True)
 FAMILIES: dict[str, Family] = {f.name: f for f in (SD15, SDXL)}
 
 

@@ -26,6 +26,10 @@ Why each guard exists:
   ``timestep`` input (the ``Expand`` to the batch): ``t * freq`` reaches ~1000, where FP16's spacing
   is 0.5 rad, so sin/cos of it would be noise; and a timestep rounded to FP16 on its way in is a
   different timestep.
+- The whole VAE decoder when the checkpoint's config says ``force_upcast`` (SDXL's VAE): its trained
+  activations exceed FP16's 65504 in the decoder's up blocks, so diffusers' SDXL pipelines decode it
+  in FP32, and so does its engine (``FORCE_UPCAST``, chosen by ``Component.fp32_rules_for`` from the
+  deployment's ``vae_force_upcast``). The fp16-fix VAE says false and gets the usual rules.
 - ImageReward's head and its root-scope ops (pixel normalisation before the ViT, ``(r - mean) / std``
   after the head): the score is compared with ``tau`` to 3-4 digits, beyond FP16's ~3.
 """
@@ -78,6 +82,9 @@ SOFTMAX = Fp32Rule("unbounded logits (long single-head attention, -1e4 mask offs
 TIME_PROJ = Fp32Rule("t * freq reaches ~1000 where FP16 spacing is 0.5 rad; the timestep must reach it unrounded", name_pattern=r"/time_proj/", feeders=True)
 REWARD_HEAD = Fp32Rule("the score is compared with tau to 3-4 digits", name_pattern=r"^/head/")
 REWARD_ROOT_OPS = Fp32Rule("pixel normalisation and (reward - mean) / std around the score; cheap elementwise ops", name_pattern=r"^/[^/]+$")
+
+# Every node (``^`` matches any name, also an empty one): a graph whose checkpoint asks for FP32.
+FORCE_UPCAST = Fp32Rule("the checkpoint's VAE config says force_upcast: diffusers decodes it in FP32, its activations overflow FP16", name_pattern=r"^")
 
 # For a graph no record describes: the one guard every network needs.
 DEFAULT_FP32_RULES = (NORMALIZATION,)

@@ -30,6 +30,11 @@ from export.checkpoints.students import STUDENT_KINDS, StudentKind, check_sample
 from export.defaults import CALIBRATION_PROMPTS, DEFAULT_MAX_ROWS, DEFAULT_ROOT, PRESET_CALIBRATION_PROMPTS, PRESET_NAMES
 
 
+# ``--preset tiny-xl --refiner preset``: a preset's refiner must share its second text tower, so it is
+# written with the preset's own checkpoints rather than read from a path.
+PRESET_REFINER = "preset"
+
+
 class UsageError(ValueError):
     """A bad command line; reported in one line like every other input error."""
 
@@ -56,7 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--student-kind", metavar="KIND", help=f"one of: {kinds} (default with --preset: cd; shapes: lcm)")
     src.add_argument("--reward", metavar="PATH_OR_HUB_ID", help="original ImageReward.pt (hub: THUDM/ImageReward)")
     src.add_argument("--reward-config", metavar="JSON", help="ImageReward dims; default: the published ImageReward-v1.0")
-    src.add_argument("--refiner", metavar="PATH_OR_HUB_ID", help="SDXL only: SDXL-Refiner (img2img pipeline folder), the teacher for small rollbacks")
+    src.add_argument(
+        "--refiner",
+        metavar="PATH_OR_HUB_ID",
+        help=f"SDXL only: SDXL-Refiner (img2img pipeline folder), the teacher for small rollbacks; with --preset, '{PRESET_REFINER}' writes the preset's random-weight refiner",
+    )
     src.add_argument("--refiner-max-sigma", type=float, default=0.5, metavar="S", help="rows refined with sigma <= S go to the refiner, larger ones to the base (default 0.5)")
     src.add_argument("--list-kinds", action="store_true", help="print the student kinds, their samplers and sources, and exit")
 
@@ -223,6 +232,7 @@ def _report(summary: Any, out: Path) -> str:
         f"  student kind  {kind.name}: {kind.description}",
         f"  sampler       {sched.cls}(timestep_spacing={sched.config.get('timestep_spacing')!r}){'  step(' + step + ')' if step else ''}; {cfg}",
         f"  teacher       {describe(dep.teacher_scheduler)}",
+        *([f"  refiner       unet_refiner for refine rows with sigma <= {dep.refiner_max_sigma:g}: {describe(dep.refiner_scheduler)}"] if dep.refiner_scheduler else []),
         f"  defaults      student_steps={d.student_steps} teacher_steps={d.teacher_steps} guidance_scale={d.guidance_scale:g} sigma={d.sigma:g} strategy={d.strategy.value}",
     ]
     if dep.calibration is not None:
@@ -256,9 +266,16 @@ def run(args: argparse.Namespace) -> int:
     if args.preset is not None:
         if args.preset not in PRESET_NAMES:
             raise UsageError(f"--preset {args.preset!r} is not a preset; choose one of {list(PRESET_NAMES)}")
-        given = [f"--{f.replace('_', '-')}" for f in ("teacher", "student", "reward", "reward_config", "refiner") if getattr(args, f)]
+        given = [f"--{f.replace('_', '-')}" for f in ("teacher", "student", "reward", "reward_config") if getattr(args, f)]
+        if args.refiner not in (None, PRESET_REFINER):
+            given.append(f"--refiner {args.refiner} (with --preset, --refiner {PRESET_REFINER} writes the preset's refiner)")
         if given:
             raise UsageError(f"--preset writes its own random-weight checkpoints; drop {', '.join(given)}")
+        if args.refiner == PRESET_REFINER:
+            from export.checkpoints.presets import preset_family
+
+            if preset_family(args.preset) != "sdxl":
+                raise UsageError(f"--refiner: the {args.preset} preset is {preset_family(args.preset)}; only an SDXL preset (tiny-xl) has a refiner")
     else:
         missing = [f"--{f.replace('_', '-')}" for f in ("teacher", "student", "student_kind", "reward") if not getattr(args, f)]
         if missing:
@@ -291,10 +308,7 @@ def run(args: argparse.Namespace) -> int:
             if progress:
                 what = "trained checkpoints" if args.preset in TRAINED_PRESETS else "random-weight checkpoints"
                 print(f"writing the {args.preset} preset's {what} ({kind.name} student) ...", file=sys.stderr)
-            try:
-                sources = preset_sources(args.preset, checkpoint_dir(out), kind.name)
-            except ValueError as err:
-                raise UsageError(f"--student-kind: {err}") from None
+            sources = preset_sources(args.preset, checkpoint_dir(out), kind.name, refiner=args.refiner == PRESET_REFINER, refiner_max_sigma=args.refiner_max_sigma)
             sources.sampler_overrides = overrides
             sources.teacher_sampler = args.teacher_sampler
         else:

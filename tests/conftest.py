@@ -22,7 +22,7 @@ from bll_python.layout import assets_dir  # noqa: E402
 from bll_python.pipeline import AdaptivePipeline  # noqa: E402
 
 
-_TINY_ROOTS = {"tiny_checkpoints", "tiny_sources", "tiny_repository", "tiny_models", "tiny_xl_sources", "tiny_xl_repository", "tiny_xl_models"}
+_TINY_ROOTS = {"tiny_checkpoints", "tiny_sources", "tiny_repository", "tiny_models", "tiny_xl_sources", "tiny_xl_repository", "tiny_xl_models", "tiny_xl_refiner_sources"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -151,6 +151,16 @@ def tiny_xl_sources(tmp_path_factory):
     from export.checkpoints.presets import preset_sources
 
     return preset_sources("tiny-xl", tmp_path_factory.mktemp("checkpoints-xl"))
+
+
+@pytest.fixture(scope="session")
+def tiny_xl_refiner_sources(tiny_xl_sources, tmp_path_factory):
+    """tiny-xl with an SDXL-Refiner-layout folder (write_xl_refiner) for rows refined with sigma <= 0.5."""
+    from export.checkpoints.presets import write_xl_refiner
+    from export.checkpoints.sources import Sources
+
+    refiner = write_xl_refiner(tmp_path_factory.mktemp("refiner") / "refiner", Path(tiny_xl_sources.teacher))
+    return Sources(**{**vars(tiny_xl_sources), "refiner": refiner, "refiner_max_sigma": 0.5})
 
 
 @pytest.fixture(scope="session")

@@ -38,8 +38,23 @@ class DiffusersXLReference:
         self.img2img_pipe = StableDiffusionXLImg2ImgPipeline(
             unet=raw["unet_teacher"], scheduler=deployment.teacher_scheduler.build(), force_zeros_for_empty_prompt=True, requires_aesthetics_score=False, **self.common
         )
-        for pipe in (self.student_pipe, self.teacher_pipe, self.img2img_pipe):
-            pipe.set_progress_bar_config(disable=True)
+        # SDXL-Refiner, where the export has one: the second tower alone, aesthetic-score time ids.
+        self.refiner_pipe = None
+        if "unet_refiner" in raw:
+            self.refiner_pipe = StableDiffusionXLImg2ImgPipeline(
+                vae=raw["vae"],
+                text_encoder=None,
+                text_encoder_2=raw["text_encoder_2"],
+                tokenizer=None,
+                tokenizer_2=self.common["tokenizer_2"],
+                unet=raw["unet_refiner"],
+                scheduler=deployment.refiner_scheduler.build(),
+                requires_aesthetics_score=True,
+                force_zeros_for_empty_prompt=False,
+            )
+        for pipe in (self.student_pipe, self.teacher_pipe, self.img2img_pipe, self.refiner_pipe):
+            if pipe is not None:
+                pipe.set_progress_bar_config(disable=True)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] in [0, 1], as the pipelines' ``output_type="np"`` path computes it."""
@@ -67,12 +82,15 @@ class DiffusersXLReference:
         return Reference(latents, self.decode(latents).permute(0, 2, 3, 1).numpy())
 
     @torch.no_grad()
-    def refine(self, prompts: Sequence[str], seeds: Sequence[int], s: GenerationSettings) -> tuple[Reference, Reference]:
+    def refine(self, prompts: Sequence[str], seeds: Sequence[int], s: GenerationSettings, img2img=None) -> tuple[Reference, Reference]:
         """(the student's sample, its refinement): the student run leaves each generator where the
-        refinement noise continues from."""
+        refinement noise continues from. Refined by SDXL-Refiner where the deployment sends ``s.sigma``
+        to it, otherwise by the base (``img2img``: another pipeline, for tests that tell them apart)."""
         gens = generators(seeds)
         student = self.student(prompts, seeds, s, gens=gens)
-        latents = self.img2img_pipe(
+        if img2img is None:
+            img2img = self.refiner_pipe if self.deployment.uses_refiner(s.sigma) else self.img2img_pipe
+        latents = img2img(
             list(prompts),
             image=student.latents,
             strength=s.sigma,

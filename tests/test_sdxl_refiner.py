@@ -14,11 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import StableDiffusionXLImg2ImgPipeline
-from transformers import CLIPTokenizer
 
 from bll_python.engines import CountingEngine, Engines, TorchEngine
-from bll_python.pipeline import AdaptivePipeline, refine_schedule_length
+from bll_python.pipeline import AdaptivePipeline
 from bll_python.settings import GenerationSettings, Route
 from bll_python.text import PromptTokenizers
 from export.build import make_deployment
@@ -26,7 +24,6 @@ from export.checkpoints.errors import SourceError
 from export.checkpoints.presets import write_xl_refiner
 from export.checkpoints.sources import Sources, load_sources
 from export.checkpoints.tokenizers import write_bert_vocab
-from tests.diffusers_reference import generators
 from tests.diffusers_reference_xl import DiffusersXLReference
 
 PROMPTS = ["a red fox in the snow", "an old lighthouse at dusk, oil painting"]
@@ -34,32 +31,13 @@ SEEDS = [3, 4]
 
 
 @pytest.fixture(scope="module")
-def refiner_setup(tiny_xl_sources, tmp_path_factory):
+def refiner_setup(tiny_xl_refiner_sources, tmp_path_factory):
     root = tmp_path_factory.mktemp("refiner")
-    refiner = write_xl_refiner(root / "refiner", Path(tiny_xl_sources.teacher))
-    sources = Sources(**{**vars(tiny_xl_sources), "refiner": refiner, "refiner_max_sigma": 0.5})
-    models = load_sources(sources)
+    models = load_sources(tiny_xl_refiner_sources)
     deployment = make_deployment(models, preset="tiny-xl", max_rows=4)
     engines = Engines(**{name: TorchEngine(models.modules[name], spec) for name, spec in deployment.specs().items()})
     tokenizers = PromptTokenizers(models.tokenizer_dir, write_bert_vocab(root / "reward"), deployment.reward_text_len, clip_2_dir=models.tokenizer_2_dir)
     return models, deployment, AdaptivePipeline(engines, deployment, tokenizers)
-
-
-def _refiner_img2img(models, deployment) -> StableDiffusionXLImg2ImgPipeline:
-    raw = models.raw
-    pipe = StableDiffusionXLImg2ImgPipeline(
-        vae=raw["vae"],
-        text_encoder=None,
-        text_encoder_2=raw["text_encoder_2"],
-        tokenizer=None,
-        tokenizer_2=CLIPTokenizer.from_pretrained(models.tokenizer_2_dir),
-        unet=raw["unet_refiner"],
-        scheduler=deployment.refiner_scheduler.build(),
-        requires_aesthetics_score=True,
-        force_zeros_for_empty_prompt=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def test_the_refiner_is_a_sixth_component_conditioned_on_the_second_tower(refiner_setup):
@@ -81,13 +59,9 @@ def test_refine_picks_refiner_or_base_by_sigma_and_equals_diffusers_img2img(refi
     assert len(counting["unet_refiner"].calls) == (4 if which == "refiner" else 0)
     assert len(counting["unet_teacher"].calls) == (0 if which == "refiner" else 4)
 
-    reference = DiffusersXLReference(models, d)
-    gens = generators(SEEDS)
-    student = reference.student(PROMPTS, SEEDS, s, gens=gens)
-    img2img = _refiner_img2img(models, d) if which == "refiner" else reference.img2img_pipe
-    ref = img2img(
-        PROMPTS, image=student.latents, strength=sigma, num_inference_steps=refine_schedule_length(4, sigma), guidance_scale=5.0, generator=gens, output_type="latent"
-    ).images
+    # diffusers' img2img pipeline in the refiner's configuration (requires_aesthetics_score, no first
+    # tower) or the base's, fed the student's latent (tests/diffusers_reference_xl.py).
+    ref = DiffusersXLReference(models, d).refine(PROMPTS, SEEDS, s)[1].latents
     err = float((ours.latents - ref).abs().max())
     allowed = 1e-4 + 1e-5 * float(ref.abs().max())
     print(f"[refine sigma={sigma} by {which}] vs StableDiffusionXLImg2ImgPipeline: max abs latent error {err:.2e} (allowed {allowed:.1e})")

@@ -472,6 +472,8 @@ def test_cli_usage_errors_are_one_line_with_status_2(base, capsys):
         (["--preset", "tiny", "--teacher", str(base["teacher"])], "--preset writes its own random-weight checkpoints; drop --teacher"),
         (["--teacher", str(base["teacher"])], "missing --student, --student-kind, --reward"),
         (["--preset", "huge"], "--preset 'huge' is not a preset"),
+        (["--preset", "tiny", "--refiner", "preset"], "--refiner: the tiny preset is sd15; only an SDXL preset (tiny-xl) has a refiner"),
+        (["--preset", "tiny-xl", "--refiner", str(base["teacher"])], f"drop --refiner {base['teacher']} (with --preset, --refiner preset writes the preset's refiner)"),
         (["--preset", "tiny", "--student-kind", "flash", "--eta", "0.5"], "--eta does not apply to --student-kind flash"),
         (["--preset", "tiny", "--sigma", "1.5"], "--sigma: got 1.5; allowed range [0.001, 1]"),
         (["--preset", "tiny", "--student-steps", "four"], "argument --student-steps: invalid int value: 'four'"),

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from export.checkpoints.errors import SourceError
 from export.checkpoints.lora import LORA_FILE
 from export.checkpoints.sources import Sources
 from export.checkpoints.tokenizers import write_clip_tokenizer
@@ -268,12 +269,18 @@ def write_xl_refiner(directory: Path, teacher: Path, preset: str = "tiny-xl", se
     """An SDXL-Refiner-layout img2img folder beside a tiny-xl teacher: the teacher's second tower and
     VAE (the refiner ships the same ones), a UNet conditioned on the second tower alone with
     aesthetic-score time ids (5 values), ``requires_aesthetics_score``, no first tower."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline
     from diffusers import UNet2DConditionModel as UNet
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
     cfg = _config(preset)
     assert isinstance(cfg, XLPresetConfig)
-    base = StableDiffusionXLImg2ImgPipeline.from_pretrained(teacher)
+    # The parts the refiner shares with the base, read one by one (a whole pipeline would also load,
+    # and show a progress bar for, the parts the refiner does not have).
+    teacher = Path(teacher)
+    text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(teacher / "text_encoder_2")
+    vae = AutoencoderKL.from_pretrained(teacher / "vae")
+    tokenizer_2 = CLIPTokenizer.from_pretrained(teacher / "tokenizer_2")
     torch.manual_seed(seed)
     unet = UNet.from_config(
         {
@@ -284,11 +291,11 @@ def write_xl_refiner(directory: Path, teacher: Path, preset: str = "tiny-xl", se
     )
     _scale_out_init(unet.conv_out, 2.0)
     pipe = StableDiffusionXLImg2ImgPipeline(
-        vae=base.vae,
+        vae=vae,
         text_encoder=None,
-        text_encoder_2=base.text_encoder_2,
+        text_encoder_2=text_encoder_2,
         tokenizer=None,
-        tokenizer_2=base.tokenizer_2,
+        tokenizer_2=tokenizer_2,
         unet=unet,
         scheduler=EulerDiscreteScheduler.from_config(SDXL_SCHEDULE),
         requires_aesthetics_score=True,
@@ -522,18 +529,28 @@ def preset_student_kind(preset: str) -> str:
     return TRAINED_PRESETS.get(preset, "cd")
 
 
-def preset_sources(preset: str, root: Path, student_kind: str | None = None) -> Sources:
-    """The preset's checkpoints (written under ``root`` unless trained), the student of ``student_kind``, as export sources."""
+def preset_sources(preset: str, root: Path, student_kind: str | None = None, *, refiner: bool = False, refiner_max_sigma: float = 0.5) -> Sources:
+    """The preset's checkpoints (written under ``root`` unless trained), the student of ``student_kind``, as export sources.
+
+    ``refiner``: also an SDXL-Refiner-layout folder (``write_xl_refiner``; SDXL presets only), for
+    rows refined with sigma <= ``refiner_max_sigma``."""
     student_kind = student_kind or preset_student_kind(preset)
+    family = "sd15" if preset in TRAINED_PRESETS else preset_family(preset)
+    if refiner and family != "sdxl":
+        raise SourceError(f"--refiner: the {preset} preset is {family}; only an SDXL preset has a refiner")
     if preset in TRAINED_PRESETS:
         if student_kind != TRAINED_PRESETS[preset]:
-            raise ValueError(f"preset {preset!r} has one trained student, of kind {TRAINED_PRESETS[preset]!r}; got student kind {student_kind!r}")
+            raise SourceError(f"--student-kind: preset {preset!r} has one trained student, of kind {TRAINED_PRESETS[preset]!r}; got student kind {student_kind!r}")
         from export.world.preset import shapes_sources
 
         return shapes_sources()
     paths = write_preset(root, preset)
     student = paths["student"] if student_kind == "cd" else write_student(student_kind, root / f"student-{student_kind}", preset)
-    return Sources(teacher=paths["teacher"], student=student, student_kind=student_kind, reward=paths["reward"], reward_config=paths["reward_config"])
+    sources = Sources(teacher=paths["teacher"], student=student, student_kind=student_kind, reward=paths["reward"], reward_config=paths["reward_config"])
+    if refiner:
+        sources.refiner = write_xl_refiner(root / "refiner", Path(paths["teacher"]), preset)
+        sources.refiner_max_sigma = refiner_max_sigma
+    return sources
 
 
 @dataclass(frozen=True)

@@ -182,6 +182,12 @@ def size_multiple(vae: nn.Module, *unets: nn.Module) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1) * 2**levels
 
 
+def vae_force_upcast(family: Family, vae: Any) -> bool:
+    """Whether the VAE must decode in FP32: its config says ``force_upcast`` (SDXL's VAE, whose
+    activations overflow FP16) and the family's pipelines honour it. The fp16-fix VAE says false."""
+    return family.honours_vae_force_upcast and bool(getattr(vae.config, "force_upcast", True))
+
+
 def load_sources(sources: Sources) -> LoadedModels:
     from export.models.image_reward import CheckpointError, load_image_reward
 
@@ -207,6 +213,7 @@ def load_sources(sources: Sources) -> LoadedModels:
         vae_scale=2 ** (len(vae.config.block_out_channels) - 1),
         timestep_cond_dim=student_unet.config.time_cond_proj_dim,
         size_multiple=size_multiple(vae, unet, student_unet),
+        vae_force_upcast=vae_force_upcast(family, vae),
     )
     raw = {"text_encoder": clip, "unet_teacher": unet, "unet_student": student_unet, "vae": vae, "image_reward": reward, "schedule": teacher["schedule"]}
     if family.dual_text:

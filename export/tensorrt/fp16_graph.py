@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bll_python.precision import Fp32Rule
-from export.tensorrt.precision import Fp32Selection, fp32_rules, select_fp32_nodes
+from export.tensorrt.precision import DIMENSION_OPS, Fp32Selection, fp32_rules, select_fp32_nodes
 
 PLAN_SUFFIX = ".plan.json"
 # Past protobuf's 2 GB limit the graph keeps its weights in a side file (an SD1.5 UNet is 1.7 GB in FP16).
@@ -130,6 +130,11 @@ def convert_model(model: Any, component: str, onnx_path: Path = Path("model.fp16
     opsets = list(model.opset_import)
     model.graph.value_info.extend(_typed(model.graph, opsets).value_info)
     selection = select_fp32_nodes(model.graph, fp32_rules(component) if rules is None else rules)
+    if all_nodes_fp32(model.graph, selection):
+        # Nothing to convert (FORCE_UPCAST): the FP32 graph itself, every float tensor an island
+        # tensor, so the engine check reads back that TensorRT kept all of them FP32.
+        islands = sorted(_fp32_names(_typed(model.graph, opsets)))
+        return model, Fp16Plan(component, Path(onnx_path), selection, islands, 0)
     converted = convert_float_to_float16(
         model,
         keep_io_types=True,  # the engine's bindings keep the spec's FP32 tensors
@@ -142,6 +147,11 @@ def convert_model(model: Any, component: str, onnx_path: Path = Path("model.fp16
     fp32 = _fp32_names(_typed(converted.graph, opsets))
     islands = sorted({t for n in converted.graph.node if n.name in selection.nodes for t in list(n.input) + list(n.output)} & fp32)
     return converted, Fp16Plan(component, Path(onnx_path), selection, islands, joined)
+
+
+def all_nodes_fp32(graph: Any, selection: Fp32Selection) -> bool:
+    """Whether the selection keeps every node that computes on values (all but Shape/Size) in FP32."""
+    return all(n.name in selection.nodes for n in graph.node if n.op_type not in DIMENSION_OPS)
 
 
 def _weight_bytes(model: Any) -> int:

@@ -28,6 +28,7 @@ from typing import Any, Mapping
 
 from polygraphy.backend.trt import CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, Profile, SaveEngine
 
+from bll_python.deployment import Deployment
 from bll_python.layout import onnx_path, plan_path
 from bll_python.precision import Fp32Rule
 from bll_python.specs import ComponentSpec
@@ -140,10 +141,18 @@ class EngineBuild:
 
 
 def engine_build(
-    spec: ComponentSpec, onnx: Path, plan: Path, *, timing_cache: Path, build_dir: Path, options: BuildOptions = BuildOptions()
+    spec: ComponentSpec,
+    onnx: Path,
+    plan: Path,
+    *,
+    timing_cache: Path,
+    build_dir: Path,
+    options: BuildOptions = BuildOptions(),
+    deployment: Deployment | None = None,
 ) -> EngineBuild:
-    """The build plan of one component. Constructing it needs neither tensorrt nor a GPU."""
-    rules = fp32_rules(spec.name) if options.fp32_rules is None else options.fp32_rules
+    """The build plan of one component (its FP32 rules in ``deployment``, e.g. an SDXL VAE that must
+    stay FP32). Constructing it needs neither tensorrt nor a GPU."""
+    rules = fp32_rules(spec.name, deployment) if options.fp32_rules is None else options.fp32_rules
     fp16_onnx = Path(build_dir) / spec.name / "model.fp16.onnx"
     profile = trt_profile(spec)
     # parse_from_file keeps the graph's directory, so external weights (> 2 GB graphs) resolve.
@@ -172,13 +181,15 @@ def repository_builds(
     *,
     timing_cache: Path | None = None,
     options: BuildOptions = BuildOptions(),
+    deployment: Deployment | None = None,
 ) -> dict[str, EngineBuild]:
-    """Plans for every component: ``<source>/<c>/1/model.onnx`` -> ``<target>/<c>/1/model.plan``."""
+    """Plans for every component: ``<source>/<c>/1/model.onnx`` -> ``<target>/<c>/1/model.plan``;
+    ``deployment`` (the source's manifest) picks the rules its checkpoints ask for."""
     target = Path(source if target is None else target)
     cache = timing_cache or default_timing_cache(target)
     build_dir = default_build_dir(target)
     return {
-        name: engine_build(spec, onnx_path(source, name), plan_path(target, name), timing_cache=cache, build_dir=build_dir, options=options)
+        name: engine_build(spec, onnx_path(source, name), plan_path(target, name), timing_cache=cache, build_dir=build_dir, options=options, deployment=deployment)
         for name, spec in specs.items()
     }
 

@@ -8,22 +8,28 @@ after the build that TensorRT ran them in FP32.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bll_python.components import COMPONENTS
 from bll_python.precision import DEFAULT_FP32_RULES, Fp32Rule
+
+if TYPE_CHECKING:
+    from bll_python.deployment import Deployment
 
 # Each component's rules, from its record.
 FP32_RULES: dict[str, tuple[Fp32Rule, ...]] = {name: c.fp32_rules for name, c in COMPONENTS.items()}
 
 # Never selected: they only read a tensor's dimensions, so its precision does not matter to them.
-_DIMENSION_OPS = {"Shape", "Size"}
+DIMENSION_OPS = {"Shape", "Size"}
 FLOAT_TYPES = {1, 10}  # onnx.TensorProto.FLOAT, FLOAT16
 
 
-def fp32_rules(component: str) -> tuple[Fp32Rule, ...]:
-    """The rules of ``component``; a graph no record describes gets the normalization guard."""
-    return FP32_RULES.get(component, DEFAULT_FP32_RULES)
+def fp32_rules(component: str, deployment: "Deployment | None" = None) -> tuple[Fp32Rule, ...]:
+    """The rules of ``component`` (in ``deployment``, where its checkpoint may ask for FP32 throughout:
+    ``Component.fp32_rules_for``); a graph no record describes gets the normalization guard."""
+    if component not in COMPONENTS:
+        return DEFAULT_FP32_RULES
+    return COMPONENTS[component].fp32_rules_for(deployment)
 
 
 @dataclass
@@ -65,7 +71,7 @@ def select_fp32_nodes(graph: Any, rules: tuple[Fp32Rule, ...]) -> Fp32Selection:
         selection.native[rule.why] = [n.name for n in graph.node if n.op_type in rule.native_ops and rule.matches(n.op_type, n.name)]
         chosen = [
             n for n in graph.node
-            if n.op_type not in _DIMENSION_OPS and rule.matches(n.op_type, n.name) and _scope(n.name) not in native_scopes
+            if n.op_type not in DIMENSION_OPS and rule.matches(n.op_type, n.name) and _scope(n.name) not in native_scopes
         ]  # fmt: skip
         if rule.feeders:
             chosen += _feeders(chosen, producers, floats)
@@ -85,7 +91,7 @@ def _feeders(nodes: list[Any], producers: dict[str, Any], floats: set[str]) -> l
     while stack:
         for tensor in stack.pop().input:
             producer = producers.get(tensor)
-            if tensor in floats and producer is not None and producer.name not in seen and producer.op_type not in _DIMENSION_OPS:
+            if tensor in floats and producer is not None and producer.name not in seen and producer.op_type not in DIMENSION_OPS:
                 seen.add(producer.name)
                 found.append(producer)
                 stack.append(producer)

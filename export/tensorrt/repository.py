@@ -29,6 +29,6 @@ def build_tensorrt_repository(
     source, target = Path(source), Path(target)
     deployment = Deployment.load(assets_dir(source))
     shutil.copytree(model_dir(source, BLS_MODEL), model_dir(target, BLS_MODEL), dirs_exist_ok=True)
-    builds = repository_builds(source, deployment.specs(), target, timing_cache=timing_cache, options=options or BuildOptions())
+    builds = repository_builds(source, deployment.specs(), target, timing_cache=timing_cache, options=options or BuildOptions(), deployment=deployment)
     results = build_engines(builds)
     return write_tensorrt_repository(target, deployment, backend=backend, placement=placement, gpus=gpus), results
