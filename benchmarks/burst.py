@@ -340,7 +340,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.copytree(source, repository)  # the preset's repository keeps a static k
         set_load_policy(repository, policy)
         with running_server(repository) as server:
-            cap = args.capacity or capacity(server.grpc_url, prompts, CpuPlacement.for_this_host().bls_instances, 24)
+            # Measured or given, the closed loop also warms every instance's sessions: a cold server
+            # answered its first seconds of open-loop load several seconds late.
+            measured = capacity(server.grpc_url, prompts, CpuPlacement.for_this_host().bls_instances, 24 if args.capacity is None else 8)
+            cap = args.capacity or measured
             phases = Phases(args.steady_s, args.burst_s, args.after_s, args.steady_load * cap, args.burst_load * cap)
             arrivals = phases.arrivals(args.seed)
             print(f"capacity at k = {K:g}: {cap:.2f} images/s; steady {phases.steady_rate:.2f}/s, burst {phases.burst_rate:.2f}/s for {phases.burst_s:g} s; {len(arrivals)} requests a run", flush=True)
