@@ -35,7 +35,7 @@ from export.world.degrade import perturb, random_degradation
 from export.world.grammar import Caption, splits
 from export.world.judge import judge_caption
 from export.world.render import render_caption
-from export.world.training import CaptionSampler, Clock, StageDir, configure_torch, cosine_lr, progress, set_lr
+from export.world.training import CaptionSampler, Clock, LossMeter, StageDir, clipped_step, configure_torch, cosine_lr, progress, set_lr
 from export.world.vae import step_rng
 
 PAIRS_STAGE = "pairs"
@@ -302,7 +302,7 @@ def train_reward(cfg: WorldConfig, work: Path, out: Path, *, resume: bool = True
         optimizer.load_state_dict(state["optimizer"])
         clock.wall, clock.cpu, start = state["wall"], state["cpu"], state["step"]
     bar = progress(rc.steps, start, "reward", show)
-    loss_ema = None
+    meter = LossMeter(bar)
     for step in range(start, rc.steps):
         model.train()
         rng = step_rng(cfg.seed, STAGE, step)
@@ -318,16 +318,9 @@ def train_reward(cfg: WorldConfig, work: Path, out: Path, *, resume: bool = True
         g, r = 2 * n_generated, n_rendered
         loss = ranking_loss(torch.cat([scores[:n_generated], scores[g : g + r]]), torch.cat([scores[n_generated:g], scores[g + r :]]))
         set_lr(optimizer, cosine_lr(step, rc.steps, rc.lr))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        loss_ema = loss.item() if loss_ema is None else 0.98 * loss_ema + 0.02 * loss.item()
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_ema:.4f}")
-        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < rc.steps:
-            clock.lap()
-            stage.save_state({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1, "wall": clock.wall, "cpu": clock.cpu})
+        clipped_step(optimizer, loss, model.parameters())
+        meter.update(loss)
+        stage.snapshot_if_due(step + 1, rc.steps, cfg.checkpoint_every, clock, lambda: {"model": model.state_dict(), "optimizer": optimizer.state_dict()})
     bar.close()
 
     model.eval()
@@ -352,7 +345,7 @@ def train_reward(cfg: WorldConfig, work: Path, out: Path, *, resume: bool = True
     return stage.finish(
         clock,
         steps=rc.steps,
-        final_loss=loss_ema,
+        final_loss=meter.value,
         train_pairs=len(train_pairs),
         rendered_pairs_seen=rc.steps * n_rendered,
         heldout_pairs=len(test_pairs),

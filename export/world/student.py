@@ -28,7 +28,7 @@ from export.world.components import build_unet, noise_scheduler
 from export.world.config import WorldConfig
 from export.world.latents import load_latents
 from export.world.teacher import CaptionTable
-from export.world.training import Clock, StageDir, configure_torch, cosine_lr, progress, set_lr
+from export.world.training import Clock, LossMeter, StageDir, clipped_step, configure_torch, cosine_lr, progress, set_lr
 from export.world.vae import step_rng
 
 STAGE = "student"
@@ -109,7 +109,7 @@ def train_student(cfg: WorldConfig, work: Path, out: Path, *, resume: bool = Tru
 
     student.train()
     bar = progress(sc.steps, start, "student (LCM)", show)
-    loss_ema = None
+    meter = LossMeter(bar, digits=5)
     for step in range(start, sc.steps):
         rng = step_rng(cfg.seed, STAGE, step)
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
@@ -145,25 +145,16 @@ def train_student(cfg: WorldConfig, work: Path, out: Path, *, resume: bool = Tru
 
         loss = pseudo_huber(prediction, goal, sc.huber_c)
         set_lr(optimizer, cosine_lr(step, sc.steps, sc.lr))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        optimizer.step()
+        clipped_step(optimizer, loss, student.parameters())
         with torch.no_grad():
             for p_t, p_s in zip(target.parameters(), student.parameters()):
                 p_t.lerp_(p_s, 1 - sc.ema_decay)
-        loss_ema = loss.item() if loss_ema is None else 0.98 * loss_ema + 0.02 * loss.item()
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_ema:.5f}")
-        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < sc.steps:
-            clock.lap()
-            stage.save_state(
-                {"student": student.state_dict(), "target": target.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1, "wall": clock.wall, "cpu": clock.cpu}
-            )
+        meter.update(loss)
+        stage.snapshot_if_due(step + 1, sc.steps, cfg.checkpoint_every, clock, lambda: {"student": student.state_dict(), "target": target.state_dict(), "optimizer": optimizer.state_dict()})
     bar.close()
 
     folder = out / "student"
     copy.deepcopy(target).to(torch.float16).save_pretrained(folder / "unet", safe_serialization=True)
     # LCM_Dreamshaper_v7's layout: the sampler the model was distilled for ships next to it.
     LCMScheduler.from_config(SD15_SCHEDULE).save_pretrained(folder / "scheduler")
-    return stage.finish(clock, steps=sc.steps, final_loss=loss_ema, w_range=[sc.w_min, sc.w_max])
+    return stage.finish(clock, steps=sc.steps, final_loss=meter.value, w_range=[sc.w_min, sc.w_max])

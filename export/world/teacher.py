@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from export.world.components import build_text_encoder, build_unet, clip_tokenizer, noise_scheduler, tokenize, write_teacher_folder
 from export.world.config import WorldConfig
 from export.world.latents import load_latents
-from export.world.training import Clock, StageDir, configure_torch, cosine_lr, progress, set_lr
+from export.world.training import Clock, LossMeter, StageDir, clipped_step, configure_torch, cosine_lr, progress, set_lr
 from export.world.vae import step_rng
 
 STAGE = "teacher"
@@ -87,7 +87,7 @@ def train_teacher(cfg: WorldConfig, work: Path, out: Path, *, resume: bool = Tru
     unet.train()
     text_encoder.train()
     bar = progress(tc.steps, start, "teacher", show)
-    loss_ema = None
+    meter = LossMeter(bar, decay=0.99)
     for step in range(start, tc.steps):
         rng = step_rng(cfg.seed, STAGE, step)
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
@@ -102,27 +102,16 @@ def train_teacher(cfg: WorldConfig, work: Path, out: Path, *, resume: bool = Tru
         context = text_encoder(table.ids[rows])[0]
         per_sample = F.mse_loss(unet(noisy, t, context).sample, noise, reduction="none").mean(dim=(1, 2, 3))
         loss = (per_sample * min_snr_weights(scheduler, t, tc.snr_gamma)).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
+        clipped_step(optimizer, loss, params)
         ema.step(params)
-        loss_ema = loss.item() if loss_ema is None else 0.99 * loss_ema + 0.01 * loss.item()
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_ema:.4f}")
-        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < tc.steps:
-            clock.lap()
-            stage.save_state(
-                {
-                    "unet": unet.state_dict(),
-                    "text_encoder": text_encoder.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "ema": ema.state_dict(),
-                    "step": step + 1,
-                    "wall": clock.wall,
-                    "cpu": clock.cpu,
-                }
-            )
+        meter.update(loss)
+        stage.snapshot_if_due(
+            step + 1,
+            tc.steps,
+            cfg.checkpoint_every,
+            clock,
+            lambda: {"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(), "optimizer": optimizer.state_dict(), "ema": ema.state_dict()},
+        )
     bar.close()
 
     ema.copy_to(params)
@@ -130,5 +119,5 @@ def train_teacher(cfg: WorldConfig, work: Path, out: Path, *, resume: bool = Tru
     text_encoder.eval()
     vae = AutoencoderKL.from_pretrained(out / "teacher" / "vae")
     write_teacher_folder(out / "teacher", vae, text_encoder, unet)
-    return stage.finish(clock, steps=tc.steps, final_loss=loss_ema, unet_parameters=sum(p.numel() for p in unet.parameters()))
+    return stage.finish(clock, steps=tc.steps, final_loss=meter.value, unet_parameters=sum(p.numel() for p in unet.parameters()))
 

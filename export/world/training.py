@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Iterable
 
 import numpy as np
 import torch
@@ -92,6 +92,13 @@ class StageDir:
         path = self.path / "state.pt"
         return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
 
+    def snapshot_if_due(self, done_steps: int, total: int, every: int, clock: Clock, state: Callable[[], dict[str, Any]]) -> None:
+        """After ``done_steps`` of ``total``: save ``state()`` (plus the step and the clock) every ``every``
+        steps, but not after the last one, whose outputs the stage writes itself."""
+        if done_steps % every == 0 and done_steps < total:
+            clock.lap()
+            self.save_state({**state(), "step": done_steps, "wall": clock.wall, "cpu": clock.cpu})
+
 
 def rng_state() -> dict[str, Any]:
     return {"torch": torch.get_rng_state()}
@@ -140,3 +147,26 @@ def cosine_lr(step: int, total: int, base: float, warmup: int = 100, floor: floa
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def clipped_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, parameters: Iterable[torch.nn.Parameter], max_norm: float = 1.0) -> None:
+    """Backpropagate ``loss`` and take one optimizer step with the gradient norm clipped: every
+    stage trains from scratch, where early gradients spike."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+    optimizer.step()
+
+
+class LossMeter:
+    """The running loss a stage reports: an exponential moving average, shown on its progress bar."""
+
+    def __init__(self, bar: tqdm, decay: float = 0.98, digits: int = 4) -> None:
+        self.bar, self.decay, self.digits = bar, decay, digits
+        self.value: float | None = None
+
+    def update(self, loss: torch.Tensor) -> None:
+        x = loss.item()
+        self.value = x if self.value is None else self.decay * self.value + (1 - self.decay) * x
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{self.value:.{self.digits}f}")

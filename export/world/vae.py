@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from export.world.config import VaeConfig, WorldConfig
 from export.world.grammar import splits
 from export.world.render import render_caption
-from export.world.training import CaptionSampler, Clock, StageDir, configure_torch, cosine_lr, progress, set_lr
+from export.world.training import CaptionSampler, Clock, LossMeter, StageDir, clipped_step, configure_torch, cosine_lr, progress, set_lr
 
 STAGE = "vae"
 
@@ -77,7 +77,7 @@ def train_vae(cfg: WorldConfig, work: Path, out: Path, *, resume: bool = True, s
     sampler = CaptionSampler(splits().train, np.random.default_rng(cfg.seed))
     vae.train()
     bar = progress(vc.steps, start, "vae", show)
-    loss_ema = None
+    meter = LossMeter(bar)
     for step in range(start, vc.steps):
         rng = step_rng(cfg.seed, STAGE, step)
         sampler.rng = rng
@@ -87,16 +87,9 @@ def train_vae(cfg: WorldConfig, work: Path, out: Path, *, resume: bool = True, s
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample()).sample
         loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + vc.kl_weight * posterior.kl().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimizer.step()
-        loss_ema = loss.item() if loss_ema is None else 0.98 * loss_ema + 0.02 * loss.item()
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_ema:.4f}")
-        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < vc.steps:
-            clock.lap()
-            stage.save_state({"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1, "wall": clock.wall, "cpu": clock.cpu})
+        clipped_step(optimizer, loss, vae.parameters())
+        meter.update(loss)
+        stage.snapshot_if_due(step + 1, vc.steps, cfg.checkpoint_every, clock, lambda: {"model": vae.state_dict(), "optimizer": optimizer.state_dict()})
     bar.close()
 
     vae.eval()
@@ -110,7 +103,7 @@ def train_vae(cfg: WorldConfig, work: Path, out: Path, *, resume: bool = True, s
         recon = vae.decode(vae.encode(x).latent_dist.mode()).sample
     mse = float(F.mse_loss(recon.clamp(-1, 1), x))
     save_half(vae, out / "teacher" / "vae")
-    return stage.finish(clock, steps=vc.steps, final_loss=loss_ema, scaling_factor=scaling, heldout_recon_mse=mse)
+    return stage.finish(clock, steps=vc.steps, final_loss=meter.value, scaling_factor=scaling, heldout_recon_mse=mse)
 
 
 def save_half(model: Any, folder: Path) -> None:
