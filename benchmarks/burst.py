@@ -34,6 +34,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from benchmarks.figures import save_figure
 from benchmarks.workload import TEST_PROMPTS
 from bll_python.load_policy import LoadPolicySettings
 from bll_python.prompts import read_prompts
@@ -287,11 +288,7 @@ def plot(runs: dict[str, tuple[list[dict[str, Any]], list[tuple[float, float]]]]
     axes[2].set_ylabel("rows in flight (server)")
     axes[2].set_xlabel(f"time (s); shaded: the burst at {phases.burst_rate:.2f}/s, else {phases.steady_rate:.2f}/s")
     axes[0].set_title(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------

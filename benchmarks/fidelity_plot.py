@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from benchmarks.fidelity import ModeRow  # noqa: E402
+from benchmarks.figures import save_figure  # noqa: E402
 
 STYLE = {"teacher": ("v-", "teacher alone (DPM-Solver++)"), "refine": ("o-", "adaptive refine"), "regenerate": ("s--", "adaptive regenerate"), "student": ("^", "student alone")}
 
@@ -32,8 +33,4 @@ def fidelity_plot(rows: Sequence[ModeRow], path: Path, title: str) -> Path:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8, loc="lower right")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

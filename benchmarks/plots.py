@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from benchmarks.figures import save_figure  # noqa: E402
 from benchmarks.sweep import PresetReport  # noqa: E402
 from benchmarks.triton_stats import COMPONENTS  # noqa: E402
 
@@ -32,7 +32,7 @@ def throughput_plot(report: PresetReport, path: Path) -> Path:
     ax.set_title(f"{report.preset}: served (solid) and in-process limit (dashed, x)")
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def latency_plot(report: PresetReport, path: Path) -> Path:
@@ -48,7 +48,7 @@ def latency_plot(report: PresetReport, path: Path) -> Path:
     ax.set_title(f"{report.preset}: request latency")
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def ratio_plot(report: PresetReport, path: Path) -> Path:
@@ -60,7 +60,7 @@ def ratio_plot(report: PresetReport, path: Path) -> Path:
         ax.axhline(target, color=c, ls="--", lw=1)
     ax.set_ylabel("served / in-process throughput")
     ax.set_title(f"{report.preset}: serving efficiency (targets 0.90 at c=1, 0.95 at c=4)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def speedup_plot(report: PresetReport, path: Path) -> Path:
@@ -74,7 +74,7 @@ def speedup_plot(report: PresetReport, path: Path) -> Path:
     ax.set_ylabel("throughput / teacher_only")
     ax.set_title(f"{report.preset}: adaptive speedup over teacher-only")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def component_plot(report: PresetReport, path: Path) -> Path:
@@ -100,15 +100,7 @@ def component_plot(report: PresetReport, path: Path) -> Path:
     ax.set_ylabel("ms per image")
     ax.set_title(f"{report.preset}: where a served image's time goes (c={c}, Triton statistics)")
     ax.legend(fontsize=7)
-    return _save(fig, path)
-
-
-def _save(fig: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_all(report: PresetReport, out_dir: Path) -> list[Path]:

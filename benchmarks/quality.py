@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from benchmarks.figures import save_figure
 from benchmarks.modes import BY_NAME, Mode, select_modes
 from benchmarks.workload import TEST_PROMPTS
 from bll_python.prompts import read_prompts
@@ -107,11 +108,7 @@ def quality_plot(rows: Sequence[QualityRow], path: Path, title: str) -> Path:
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -13,6 +13,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from benchmarks.figures import save_figure
+
 
 @dataclass
 class StabilityRow:
@@ -65,6 +67,4 @@ def stability_plot(rows: Sequence[StabilityRow], path: Path, title: str) -> None
     ax.set_title(title, fontsize=9)
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
