@@ -29,6 +29,21 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return (images * 255).round().clip(0, 255).astype(np.uint8)
 
 
+def tiny_pipeline(cls: type, tiny_models, unet: str, scheduler):
+    """diffusers' pipeline ``cls`` over the tiny preset's VAE, text encoder and tokenizer, with its UNet ``unet``."""
+    raw = tiny_models.raw
+    return cls(
+        vae=raw["vae"],
+        text_encoder=raw["text_encoder"],
+        tokenizer=CLIPTokenizer.from_pretrained(tiny_models.tokenizer_dir),
+        unet=raw[unet],
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    ).to("cpu")
+
+
 @dataclass
 class Reference:
     latents: torch.Tensor  # [B, C, h, w]
@@ -43,19 +58,15 @@ class DiffusersReference:
     """``student``, ``teacher`` and ``refine`` as diffusers computes them, with or without negative prompts."""
 
     def __init__(self, tiny_models, deployment) -> None:
-        raw = tiny_models.raw
-        tokenizer = CLIPTokenizer.from_pretrained(tiny_models.tokenizer_dir)
-
         def pipe(cls, unet: str, scheduler):
-            common = dict(vae=raw["vae"], text_encoder=raw["text_encoder"], tokenizer=tokenizer, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-            return cls(unet=raw[unet], scheduler=scheduler, **common).to("cpu")
+            return tiny_pipeline(cls, tiny_models, unet, scheduler)
 
         self.student_pipe = pipe(StableDiffusionPipeline, "unet_student", LCMScheduler.from_config(deployment.student_scheduler.config))
         # The deployment's teacher solver (DPM-Solver++ 2M unless exported with --teacher-sampler), by its diffusers class.
         teacher = getattr(diffusers, deployment.teacher_scheduler.cls)
         self.teacher_pipe = pipe(StableDiffusionPipeline, "unet_teacher", teacher.from_config(deployment.teacher_scheduler.config))
         self.img2img_pipe = pipe(StableDiffusionImg2ImgPipeline, "unet_teacher", teacher.from_config(deployment.teacher_scheduler.config))
-        self.vae = raw["vae"]
+        self.vae = tiny_models.raw["vae"]
 
     def _decode(self, latents: torch.Tensor) -> np.ndarray:
         # What the pipelines do after the loop for output_type="np".

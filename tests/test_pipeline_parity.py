@@ -20,29 +20,15 @@ from diffusers import (
     StableDiffusionImg2ImgPipeline,
     StableDiffusionPipeline,
 )
-from transformers import CLIPTokenizer
 
 from bll_python.engines import Engines
 from bll_python.pipeline import refine_schedule_length
 from bll_python.settings import GenerationSettings, Route
+from tests.diffusers_reference import tiny_pipeline
 
 LATENT_ATOL = 1e-4
 PROMPTS = ["a red fox in the snow", "an old lighthouse at dusk, oil painting", "a bowl of ramen", "two cats on a sofa"]
 SEEDS = [0, 1, 42, 1234]
-
-
-def _diffusers_pipe(cls, tiny_models, unet_name: str, scheduler):
-    raw = tiny_models.raw
-    return cls(
-        vae=raw["vae"],
-        text_encoder=raw["text_encoder"],
-        tokenizer=CLIPTokenizer.from_pretrained(tiny_models.tokenizer_dir),
-        unet=raw[unet_name],
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    ).to("cpu")
 
 
 def _generators(seeds):
@@ -62,13 +48,13 @@ def _max_err(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.fixture(scope="module")
 def teacher_pipe(tiny_models, deployment):
     sched = DPMSolverMultistepScheduler.from_config(deployment.teacher_scheduler.config)
-    return _diffusers_pipe(StableDiffusionPipeline, tiny_models, "unet_teacher", sched)
+    return tiny_pipeline(StableDiffusionPipeline, tiny_models, "unet_teacher", sched)
 
 
 @pytest.fixture(scope="module")
 def student_pipe(tiny_models, deployment):
     sched = LCMScheduler.from_config(deployment.student_scheduler.config)
-    return _diffusers_pipe(StableDiffusionPipeline, tiny_models, "unet_student", sched)
+    return tiny_pipeline(StableDiffusionPipeline, tiny_models, "unet_student", sched)
 
 
 def test_teacher_solver_is_dpm_solver_pp_2m_and_student_sampler_is_lcm(deployment):
@@ -113,7 +99,7 @@ def test_refine_equals_diffusers_img2img_fed_the_student_latent(torch_pipeline, 
     generators = _generators(SEEDS)
     student = student_pipe(PROMPTS, num_inference_steps=s.student_steps, guidance_scale=s.guidance_scale, generator=generators, output_type="latent").images
     assert _max_err(ours.student_latents, student) < LATENT_ATOL
-    img2img = _diffusers_pipe(
+    img2img = tiny_pipeline(
         StableDiffusionImg2ImgPipeline, tiny_models, "unet_teacher", DPMSolverMultistepScheduler.from_config(deployment.teacher_scheduler.config)
     )
     total = refine_schedule_length(s.teacher_steps, s.sigma)

@@ -22,7 +22,6 @@ from diffusers import (
     StableDiffusionPipeline,
     UniPCMultistepScheduler,
 )
-from transformers import CLIPTokenizer
 
 from bll_python.deployment import Deployment
 from bll_python.engines import Engines
@@ -31,6 +30,7 @@ from bll_python.pipeline import AdaptivePipeline, refine_schedule_length
 from bll_python.settings import GenerationSettings, Route
 from export.checkpoints.errors import SourceError
 from export.checkpoints.samplers import TEACHER_SAMPLERS, teacher_recipe
+from tests.diffusers_reference import tiny_pipeline
 
 LATENT_ATOL = 1e-4
 PROMPTS = ["a red fox in the snow", "an old lighthouse at dusk, oil painting", "a bowl of ramen"]
@@ -87,23 +87,9 @@ def pipelines(tiny_models, deployment, tiny_repository, torch_engines):
     return out
 
 
-def _diffusers(cls, tiny_models, unet: str, scheduler):
-    raw = tiny_models.raw
-    return cls(
-        vae=raw["vae"],
-        text_encoder=raw["text_encoder"],
-        tokenizer=CLIPTokenizer.from_pretrained(tiny_models.tokenizer_dir),
-        unet=raw[unet],
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    ).to("cpu")
-
-
 @pytest.fixture(scope="module")
 def student_pipe(tiny_models, deployment):
-    return _diffusers(StableDiffusionPipeline, tiny_models, "unet_student", LCMScheduler.from_config(deployment.student_scheduler.config))
+    return tiny_pipeline(StableDiffusionPipeline, tiny_models, "unet_student", LCMScheduler.from_config(deployment.student_scheduler.config))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,7 +146,7 @@ def test_teacher_only_equals_stable_diffusion_pipeline(name, pipelines, tiny_mod
     s = _settings(strategy="teacher_only")
     teacher.calls = 0
     ours = pipe(PROMPTS, SEEDS, s)
-    ref_pipe = _diffusers(StableDiffusionPipeline, tiny_models, "unet_teacher", DIFFUSERS_SCHEDULERS[name](teacher_config))
+    ref_pipe = tiny_pipeline(StableDiffusionPipeline, tiny_models, "unet_teacher", DIFFUSERS_SCHEDULERS[name](teacher_config))
     ref = ref_pipe(PROMPTS, num_inference_steps=s.teacher_steps, guidance_scale=s.guidance_scale, generator=_generators(SEEDS), output_type="latent").images
     err = _max_err(ours.latents, ref)
     print(f"\n    {name} teacher_only: max abs latent error {err:.2e}")
@@ -176,7 +162,7 @@ def test_regenerate_equals_stable_diffusion_pipeline_from_the_rows_initial_noise
     ours = pipe(PROMPTS, SEEDS, s)
     assert ours.routes == [Route.REGENERATED] * len(PROMPTS)
     noise = torch.cat([torch.randn((1, 4, 16, 16), generator=g) for g in _generators(SEEDS)])
-    ref_pipe = _diffusers(StableDiffusionPipeline, tiny_models, "unet_teacher", DIFFUSERS_SCHEDULERS[name](teacher_config))
+    ref_pipe = tiny_pipeline(StableDiffusionPipeline, tiny_models, "unet_teacher", DIFFUSERS_SCHEDULERS[name](teacher_config))
     ref = ref_pipe(PROMPTS, num_inference_steps=s.teacher_steps, guidance_scale=s.guidance_scale, latents=noise, output_type="latent").images
     err = _max_err(ours.latents, ref)
     print(f"\n    {name} regenerate: max abs latent error {err:.2e}")
@@ -193,7 +179,7 @@ def test_refine_equals_img2img_on_the_student_latent(name, pipelines, tiny_model
     assert ours.routes == [Route.REFINED] * len(PROMPTS)
     generators = _generators(SEEDS)  # the student run leaves them where the rollback noise continues
     student = student_pipe(PROMPTS, num_inference_steps=s.student_steps, guidance_scale=s.guidance_scale, generator=generators, output_type="latent").images
-    img2img = _diffusers(StableDiffusionImg2ImgPipeline, tiny_models, "unet_teacher", DIFFUSERS_SCHEDULERS[name](teacher_config))
+    img2img = tiny_pipeline(StableDiffusionImg2ImgPipeline, tiny_models, "unet_teacher", DIFFUSERS_SCHEDULERS[name](teacher_config))
     total = refine_schedule_length(s.teacher_steps, s.sigma)
     ref = img2img(PROMPTS, image=student, strength=s.sigma, num_inference_steps=total, guidance_scale=s.guidance_scale, generator=generators, output_type="latent").images
     err = _max_err(ours.latents, ref)
